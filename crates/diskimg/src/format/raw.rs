@@ -1,0 +1,127 @@
+//! The raw format: guest byte N is file byte N.
+
+use std::sync::Arc;
+
+use super::{BackingLink, BlockDevice, BlockStatus, ImageInfo, Layer};
+use crate::io::Storage;
+use crate::{Error, Result};
+
+/// A raw image.
+pub struct Raw {
+    storage: Arc<dyn Storage>,
+    size: u64,
+}
+
+impl Raw {
+    /// Opens the raw image held in `storage`.
+    pub fn open(storage: Arc<dyn Storage>) -> Result<Self> {
+        let size = storage.len()?;
+        Ok(Raw { storage, size })
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(Error::invalid_argument(format!(
+                "request at offset {offset}, length {len} is past the end of '{}' ({} bytes)",
+                self.storage.name(),
+                self.size
+            ))),
+        }
+    }
+}
+
+impl BlockDevice for Raw {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.check_range(offset, buf.len() as u64)?;
+        self.storage.read_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.check_range(offset, buf.len() as u64)?;
+        self.storage.write_at(buf, offset)
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, _unmap: bool) -> Result<()> {
+        self.check_range(offset, len)?;
+        // A punched hole reads as zeros; the file keeps its size.
+        self.storage.punch_hole(offset, len)
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.check_range(offset, len)?;
+        self.storage.punch_hole(offset, len)
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.storage.flush()
+    }
+
+    fn block_status(&self, offset: u64, max_len: u64) -> Result<BlockStatus> {
+        let max_len = max_len.min(self.size.saturating_sub(offset)).max(1);
+        let ext = self.storage.host_extent(offset, max_len)?;
+        Ok(BlockStatus {
+            len: ext.len.clamp(1, max_len),
+            allocated: true,
+            data: ext.data,
+            zero: !ext.data,
+            compressed: false,
+            offset: Some(offset),
+        })
+    }
+
+    fn info(&self) -> ImageInfo {
+        ImageInfo {
+            format: "raw",
+            filename: self.storage.name().to_string(),
+            virtual_size: self.size,
+            cluster_size: None,
+            dirty: false,
+            encrypted: false,
+            backing: None,
+            snapshots: Vec::new(),
+            specific: None,
+        }
+    }
+
+    fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    fn backing(&self) -> Option<&Arc<dyn BlockDevice>> {
+        None
+    }
+}
+
+impl Layer for Raw {
+    fn backing_link(&self) -> Option<BackingLink> {
+        None
+    }
+
+    fn set_backing(&mut self, _backing: Arc<dyn BlockDevice>) {}
+
+    fn into_device(self: Box<Self>) -> Arc<dyn BlockDevice> {
+        Arc::new(*self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::MemoryStorage;
+
+    #[test]
+    fn reads_what_the_file_holds_and_refuses_past_the_end() {
+        let s: Arc<dyn Storage> = Arc::new(MemoryStorage::from_bytes("r", vec![5u8; 1024]));
+        let raw = Raw::open(s).unwrap();
+        assert_eq!(raw.size(), 1024);
+        let mut buf = [0u8; 16];
+        raw.read_at(&mut buf, 1000).unwrap();
+        assert_eq!(buf, [5u8; 16]);
+        assert!(raw.read_at(&mut buf, 1020).is_err());
+    }
+}

@@ -1,0 +1,1 @@
+//! Whole-image operations, written only against [`crate::BlockDevice`].
