@@ -85,7 +85,7 @@ fn random_ops(seed: u64, size: u64, cluster: u64, n: usize, zeros: bool) -> Vec<
     let mut v = Vec::new();
     for i in 0..n {
         let kind = r.below(10);
-        let max_len = (cluster * 3).min(1 << 20).max(4096);
+        let max_len = (cluster * 3).clamp(4096, 1 << 20);
         let len = 1 + r.below(max_len);
         let off = r.below(size - len);
         let pat = 1 + r.below(254);
