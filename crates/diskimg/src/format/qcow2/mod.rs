@@ -21,6 +21,8 @@ pub mod l2_cache;
 pub mod l2_entry;
 pub mod refcount;
 pub mod snapshot;
+#[cfg(test)]
+mod tests;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -132,21 +134,29 @@ impl Qcow2 {
 
         let ext = Extensions::parse(&cluster0, &header).map_err(&wrap)?;
         if ext.bitmaps_inconsistent {
-            if header.version < 3 {
-                opts.warn(&format!("{name}: This qcow2 v2 image contains bitmaps, but they may have been modified by a program without persistent bitmap support; so now they must all be considered inconsistent"));
+            // QEMU's exact text: a warning, then a second line printed as is.
+            let first = if header.version < 3 {
+                "This qcow2 v2 image contains bitmaps, but they may have been modified by a program without persistent bitmap support; so now they must all be considered inconsistent"
             } else {
-                opts.warn(&format!("{name}: a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent"));
-            }
-            opts.warn(&format!("{name}: Some clusters may be leaked, run 'qemu-img check -r' on the image file to fix."));
+                "a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent"
+            };
+            opts.warn(&format!(
+                "{first}\nSome clusters may be leaked, run 'qemu-img check -r' on the image file to fix."
+            ));
         }
 
         let has_data_file = header.incompatible_features & INCOMPAT_DATA_FILE != 0;
         let data: Arc<dyn Storage> = if has_data_file {
-            let Some(df) = ext.data_file.clone() else {
-                return Err(Error::invalid(
-                    "'data-file' is required for this image (incompatible feature bit 2 is set but the image has no data file name extension)",
-                ))
-                .map_err(&wrap);
+            let df = match (ext.data_file.clone(), opts.open_data_file) {
+                (Some(df), _) => df,
+                // As QEMU: info works without the name, I/O does not.
+                (None, false) => String::new(),
+                (None, true) => {
+                    return Err(Error::invalid(
+                        "'data-file' is required for this image (incompatible feature bit 2 is set but the image has no data file name extension)",
+                    ))
+                    .map_err(&wrap)
+                }
             };
             if opts.open_data_file {
                 let p = crate::chain::resolve_backing_path(path, &df).map_err(&wrap)?;
