@@ -177,7 +177,7 @@ fn runs_coalesce_within_and_across_l2_tables() {
     let cs = 512u64;
     let mut b = Builder::new(9, 3, false, 1024 * cs);
     for i in 60..70u64 {
-        b = b.entry(i, (200 + i) * cs | OFLAG_COPIED, 0);
+        b = b.entry(i, ((200 + i) * cs) | OFLAG_COPIED, 0);
     }
     b = b.entry(70, 500 * cs, 0);
     let q = b.open();
