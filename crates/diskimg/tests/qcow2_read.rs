@@ -683,3 +683,43 @@ fn big_sparse_image_maps_quickly() {
     let theirs = parse_map(&qemu_img(&["map", "--output=json", img.to_str().unwrap()]));
     assert_eq!(ours, theirs);
 }
+
+#[test]
+fn bitmaps_without_autoclear_bit_warn_as_qemu() {
+    use std::io::{Seek, SeekFrom, Write};
+    use std::sync::Mutex;
+    let d = tmp();
+    let img = p(&d, "bmw.qcow2");
+    create(&img, "", 1 << 20);
+    qemu_img(&["bitmap", "--add", img.to_str().unwrap(), "b0"]);
+    // Clear the autoclear bits, as a program without bitmap support would.
+    let mut f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.seek(SeekFrom::Start(88)).unwrap();
+    f.write_all(&[0u8; 8]).unwrap();
+    drop(f);
+    let out = tool("qemu-img").arg("info").arg(&img).output().unwrap();
+    let qemu_err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = seen.clone();
+    let opts = OpenOptions {
+        warnings: Some(Arc::new(move |m: &str| {
+            sink.lock().unwrap().push(m.to_string())
+        })),
+        ..OpenOptions::default()
+    };
+    let dev = diskimg::open(&img, &opts).unwrap();
+    let w = seen.lock().unwrap().clone();
+    assert_eq!(w.len(), 1, "{w:?}");
+    let mut lines = w[0].lines();
+    let first = lines.next().unwrap();
+    assert!(
+        qemu_err.contains(&format!("qemu-img: warning: {first}")),
+        "{qemu_err:?} vs {first:?}"
+    );
+    assert!(qemu_err.contains(lines.next().unwrap()));
+    // The inconsistent extension is ignored: no bitmaps in info, as QEMU.
+    let Some(FormatSpecific::Qcow2(q)) = dev.info().specific else {
+        panic!()
+    };
+    assert_eq!(q.bitmaps, None);
+}

@@ -191,7 +191,8 @@ impl Qcow2 {
             }
             let start = header.backing_file_offset as usize;
             let bytes = cluster0.get(start..start + len as usize).unwrap_or(&[]);
-            Some(String::from_utf8_lossy(bytes).into_owned())
+            // An empty name means no backing file, as in QEMU.
+            Some(String::from_utf8_lossy(bytes).into_owned()).filter(|n| !n.is_empty())
         } else {
             None
         };

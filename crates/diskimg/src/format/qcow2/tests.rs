@@ -461,3 +461,9 @@ fn info_reports_qemu_fields() {
         ("1.1", Some(true), Some(false))
     );
 }
+
+#[test]
+fn qcow2_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Qcow2>();
+}
