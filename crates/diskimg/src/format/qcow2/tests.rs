@@ -467,3 +467,38 @@ fn qcow2_is_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<Qcow2>();
 }
+
+#[test]
+fn scattered_64g_image_maps_quickly() {
+    // 64 GiB, 64 KiB clusters (1 Mi entries, 128 L2 tables), 250k scattered
+    // allocated clusters with non-contiguous host offsets.
+    let cs = 1u64 << 16;
+    let mut b = Builder::new(16, 3, false, 64 << 30);
+    let mut x = 12345u64;
+    let mut n = 0;
+    for i in 0..(1u64 << 20) {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        if (x >> 33) % 4 == 0 {
+            // Host clusters past the end of the file: read as zeros.
+            b = b.entry(i, ((1000 + 2 * i) * cs) | OFLAG_COPIED, 0);
+            n += 1;
+        }
+    }
+    assert!(n > 250_000);
+    let q = b.open();
+    let t = std::time::Instant::now();
+    let mut off = 0;
+    let mut runs = 0;
+    while off < q.size() {
+        let st = q.block_status(off, q.size() - off).unwrap();
+        off += st.len;
+        runs += 1;
+    }
+    let took = t.elapsed();
+    eprintln!("{runs} runs over {n} allocated clusters in {took:?}");
+    assert!(runs > n);
+    // A sanity bound for debug builds on a shared machine; release is far faster.
+    assert!(took.as_secs() < 20, "{took:?}");
+}
