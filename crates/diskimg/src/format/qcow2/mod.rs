@@ -204,7 +204,7 @@ impl Qcow2 {
                 let dir = read_vec(storage.as_ref(), b.directory_offset, b.directory_size)
                     .map_err(&wrap)?;
                 Some(
-                    bitmaps::parse_directory(&dir, b, header.cluster_size(), header.size)
+                    bitmaps::parse_directory(&dir, b, header.cluster_size(), header.size & !511)
                         .map_err(&wrap)?,
                 )
             }
@@ -262,6 +262,12 @@ impl Qcow2 {
 
     fn name(&self) -> &str {
         self.storage.name()
+    }
+
+    /// The guest-visible size: QEMU counts whole 512-byte sectors, so a
+    /// size field that is not a multiple of 512 is rounded down.
+    fn disk_size(&self) -> u64 {
+        self.header.size & !511
     }
 
     /// The L2 table at `offset`, through the cache. The lock is not held
@@ -471,11 +477,11 @@ impl Qcow2 {
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         match offset.checked_add(len) {
-            Some(end) if end <= self.header.size => Ok(()),
+            Some(end) if end <= self.disk_size() => Ok(()),
             _ => Err(Error::invalid_argument(format!(
                 "request at offset {offset}, length {len} is past the end of '{}' ({} bytes)",
                 self.name(),
-                self.header.size
+                self.disk_size()
             ))),
         }
     }
@@ -490,16 +496,16 @@ impl Qcow2 {
 
 impl Mapper for Qcow2 {
     fn guest_size(&self) -> u64 {
-        self.header.size
+        self.disk_size()
     }
 
     fn map(&self, offset: u64, max_len: u64) -> Result<(Mapping, u64)> {
-        let end = offset.saturating_add(max_len.max(1)).min(self.header.size);
+        let end = offset.saturating_add(max_len.max(1)).min(self.disk_size());
         if offset >= end {
             return Err(Error::invalid_argument(format!(
                 "map at offset {offset} is past the end of '{}' ({} bytes)",
                 self.name(),
-                self.header.size
+                self.disk_size()
             )));
         }
         self.walk(offset, end)
@@ -553,7 +559,7 @@ impl Mapper for Qcow2 {
 
 impl BlockDevice for Qcow2 {
     fn size(&self) -> u64 {
-        self.header.size
+        self.disk_size()
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
@@ -606,7 +612,7 @@ impl BlockDevice for Qcow2 {
         ImageInfo {
             format: "qcow2",
             filename: self.name().to_string(),
-            virtual_size: h.size,
+            virtual_size: self.disk_size(),
             cluster_size: Some(h.cluster_size()),
             dirty: h.incompatible_features & INCOMPAT_DIRTY != 0,
             encrypted: h.crypt_method != 0,

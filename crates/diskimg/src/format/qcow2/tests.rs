@@ -502,3 +502,12 @@ fn scattered_64g_image_maps_quickly() {
     // A sanity bound for debug builds on a shared machine; release is far faster.
     assert!(took.as_secs() < 20, "{took:?}");
 }
+
+#[test]
+fn virtual_size_counts_whole_sectors() {
+    // QEMU shows a size field of 1000 as a 512-byte disk.
+    let q = Builder::new(16, 3, false, 1000).open();
+    assert_eq!(q.size(), 512);
+    assert_eq!(q.info().virtual_size, 512);
+    assert_eq!(q.block_status(0, 4096).unwrap().len, 512);
+}
