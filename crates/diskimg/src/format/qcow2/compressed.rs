@@ -50,6 +50,9 @@ fn inflate(
     }
 }
 
+/// log2 of the largest zstd window accepted.
+const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+
 fn unzstd(
     d: &mut Option<zstd::stream::raw::Decoder<'static>>,
     input: &[u8],
@@ -57,10 +60,15 @@ fn unzstd(
 ) -> Result<(), DecompressError> {
     use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
     if d.is_none() {
-        *d = Some(
-            zstd::stream::raw::Decoder::new()
-                .map_err(|e| DecompressError(format!("cannot create a zstd context: {e}")))?,
-        );
+        let mut dec = zstd::stream::raw::Decoder::new()
+            .map_err(|e| DecompressError(format!("cannot create a zstd context: {e}")))?;
+        // Bound the window a hostile frame may ask for (the default allows
+        // 128 MiB); a cluster is at most 2 MiB, so 8 MiB is ample.
+        dec.set_parameter(zstd::stream::raw::DParameter::WindowLogMax(
+            ZSTD_WINDOW_LOG_MAX,
+        ))
+        .map_err(|e| DecompressError(format!("cannot configure zstd: {e}")))?;
+        *d = Some(dec);
     }
     let Some(dec) = d.as_mut() else {
         return Err(DecompressError("no zstd context".into()));
@@ -190,6 +198,14 @@ mod tests {
         decompress(CompressionType::Zstd, &long, &mut out).unwrap();
         assert!(out.iter().all(|&b| b == 1));
         assert!(decompress(CompressionType::Zstd, &[0u8; 10], &mut out).is_err());
+        // A frame asking for a 128 MiB window is refused, not allocated.
+        let mut enc = zstd::stream::raw::Encoder::new(1).unwrap();
+        enc.set_parameter(zstd::stream::raw::CParameter::WindowLog(27))
+            .unwrap();
+        let mut big = zstd::stream::Encoder::with_encoder(Vec::new(), enc);
+        std::io::Write::write_all(&mut big, &data).unwrap();
+        let big = big.finish().unwrap();
+        assert!(decompress(CompressionType::Zstd, &big, &mut out).is_err());
     }
 
     #[test]
