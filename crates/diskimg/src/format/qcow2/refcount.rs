@@ -112,7 +112,9 @@ impl RefcountTable {
     }
 
     /// Counts clusters in `0..end_cluster` with a non-zero refcount, stopping
-    /// once `limit` is reached. Each refcount block is read once.
+    /// once `limit` is reached. Each distinct refcount block is read at most
+    /// once, and blocks past the end of the file (zeros) are not read, so a
+    /// hostile table costs at most one read of the file.
     pub fn count_referenced(
         &self,
         storage: &dyn Storage,
@@ -120,28 +122,37 @@ impl RefcountTable {
         limit: u64,
     ) -> Result<u64> {
         let per_block = 1u64 << self.block_bits();
+        let file_len = storage.len()?;
+        let mut full_counts: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
         let mut count = 0u64;
         let mut i = 0u64;
         while i < end_cluster && count < limit {
-            let block_end = ((i / per_block) + 1) * per_block;
-            let stop = block_end.min(end_cluster);
+            let block_start = i - i % per_block;
+            let stop = block_start.saturating_add(per_block).min(end_cluster);
             match self.block_offset(storage, i)? {
-                None => {}
-                Some(off) => {
-                    let block = self.read_block(storage, off)?;
-                    for c in i..stop {
-                        if block_entry(&block, c % per_block, self.refcount_order) != 0 {
-                            count += 1;
-                            if count >= limit {
-                                break;
-                            }
+                Some(off) if off < file_len => {
+                    let whole = i == block_start && stop - block_start == per_block;
+                    if whole {
+                        if let Some(&n) = full_counts.get(&off) {
+                            count = count.saturating_add(n);
+                            i = stop;
+                            continue;
                         }
                     }
+                    let block = self.read_block(storage, off)?;
+                    let n = (i..stop)
+                        .filter(|c| block_entry(&block, c % per_block, self.refcount_order) != 0)
+                        .count() as u64;
+                    if whole {
+                        full_counts.insert(off, n);
+                    }
+                    count = count.saturating_add(n);
                 }
+                _ => {}
             }
             i = stop;
         }
-        Ok(count)
+        Ok(count.min(limit))
     }
 }
 
@@ -180,5 +191,55 @@ mod tests {
         assert_eq!(block_entry(&block, 1 << 40, 6), 0);
         assert_eq!(block_entry(&block, u64::MAX, 6), 0);
         assert_eq!(block_entry(&block, u64::MAX, 0), 0);
+    }
+}
+
+#[cfg(test)]
+mod count_tests {
+    use super::super::header::{CompressionType, Header};
+    use super::*;
+    use crate::io::MemoryStorage;
+
+    #[test]
+    fn counts_referenced_clusters_once_per_block() {
+        // 512-byte clusters, 16-bit refcounts: 256 entries per block.
+        let h = Header {
+            version: 3,
+            backing_file_offset: 0,
+            backing_file_size: 0,
+            cluster_bits: 9,
+            size: 1 << 20,
+            crypt_method: 0,
+            l1_size: 32,
+            l1_table_offset: 1536,
+            refcount_table_offset: 512,
+            refcount_table_clusters: 1,
+            nb_snapshots: 0,
+            snapshots_offset: 0,
+            incompatible_features: 0,
+            compatible_features: 0,
+            autoclear_features: 0,
+            refcount_order: 4,
+            header_length: 112,
+            compression_type: CompressionType::Zlib,
+        };
+        let mut img = vec![0u8; 4096];
+        // Reftable entries 0..64 all point at the block at 1024.
+        for i in 0..64 {
+            img[512 + i * 8..520 + i * 8].copy_from_slice(&1024u64.to_be_bytes());
+        }
+        // The block: entries 0, 1 and 255 non-zero.
+        img[1024..1026].copy_from_slice(&1u16.to_be_bytes());
+        img[1026..1028].copy_from_slice(&7u16.to_be_bytes());
+        img[1024 + 510..1024 + 512].copy_from_slice(&1u16.to_be_bytes());
+        let s = MemoryStorage::from_bytes("r", img);
+        let t = RefcountTable::load(&s, &h).unwrap();
+        assert_eq!(t.refcount(&s, 1).unwrap(), 7);
+        assert_eq!(t.refcount(&s, 256 + 255).unwrap(), 1);
+        assert_eq!(t.count_referenced(&s, 3, 100).unwrap(), 2);
+        assert_eq!(t.count_referenced(&s, 256 * 10, 1000).unwrap(), 30);
+        assert_eq!(t.count_referenced(&s, 256 * 10, 5).unwrap(), 5);
+        // Partial last block: clusters 512..514 -> entries 0, 1.
+        assert_eq!(t.count_referenced(&s, 514, 1000).unwrap(), 6 + 2);
     }
 }
