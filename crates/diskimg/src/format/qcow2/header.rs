@@ -151,15 +151,23 @@ fn validate_table(
     max_bytes: u64,
     cluster_size: u64,
     name: &str,
-    field: &str,
-    field_off: usize,
+    count_field: (&str, usize),
+    offset_field: (&str, usize),
 ) -> Result<()> {
     if entries > max_bytes / entry_len {
-        return Err(bad(format_args!("{name} too large"), field, field_off));
+        return Err(bad(
+            format_args!("{name} too large"),
+            count_field.0,
+            count_field.1,
+        ));
     }
     let bytes = entries * entry_len;
     if (i64::MAX as u64) - bytes < offset || offset & (cluster_size - 1) != 0 {
-        return Err(bad(format_args!("{name} offset invalid"), field, field_off));
+        return Err(bad(
+            format_args!("{name} offset invalid"),
+            offset_field.0,
+            offset_field.1,
+        ));
     }
     Ok(())
 }
@@ -302,8 +310,8 @@ impl Header {
             MAX_REFTABLE_SIZE,
             cluster_size,
             "Reference count table",
-            "refcount_table_offset",
-            48,
+            ("refcount_table_clusters", 56),
+            ("refcount_table_offset", 48),
         )?;
         validate_table(
             self.snapshots_offset,
@@ -312,8 +320,8 @@ impl Header {
             SNAPSHOT_HEADER_SIZE * MAX_SNAPSHOTS,
             cluster_size,
             "Snapshot table",
-            "snapshots_offset",
-            64,
+            ("nb_snapshots", 60),
+            ("snapshots_offset", 64),
         )?;
         validate_table(
             self.l1_table_offset,
@@ -322,8 +330,8 @@ impl Header {
             MAX_L1_SIZE,
             cluster_size,
             "Active L1 table",
-            "l1_table_offset",
-            40,
+            ("l1_size", 36),
+            ("l1_table_offset", 40),
         )?;
         let needed = self.l1_entries_needed();
         if needed > i32::MAX as u64 {
