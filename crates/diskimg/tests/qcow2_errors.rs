@@ -64,6 +64,9 @@ fn qemu_reason(dir: &Path, name: &str) -> String {
         .unwrap_or_else(|| panic!("unexpected qemu-img line {line:?}"))
 }
 
+/// Byte patches: (file offset, bytes).
+type Patches = Vec<(usize, Vec<u8>)>;
+
 fn be32(v: u32) -> Vec<u8> {
     v.to_be_bytes().to_vec()
 }
@@ -93,7 +96,7 @@ fn assert_same_reason(dir: &Path, name: &str, opts: &str, patches: &[(usize, Vec
 fn header_limits_match_qemu() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
-    let cases: Vec<(&str, Vec<(usize, Vec<u8>)>)> = vec![
+    let cases: Vec<(&str, Patches)> = vec![
         ("version4.qcow2", vec![(4, be32(4))]),
         ("cbits8.qcow2", vec![(20, be32(8))]),
         ("cbits22.qcow2", vec![(20, be32(22))]),
