@@ -275,6 +275,13 @@ impl Header {
     /// in between, as they need the feature name table): refcount width,
     /// encryption method, subcluster size, table placement and sizes.
     pub fn validate_layout(&self) -> Result<()> {
+        self.validate_layout_for(false)
+    }
+
+    /// [`Header::validate_layout`]; with `for_check` (QEMU's BDRV_O_CHECK)
+    /// an empty refcount table and a bad snapshot table are tolerated, so
+    /// that `check` can report and repair them.
+    pub fn validate_layout_for(&self, for_check: bool) -> Result<()> {
         let cluster_size = self.cluster_size();
         if self.refcount_order > 6 {
             return Err(bad(
@@ -296,7 +303,7 @@ impl Header {
                 20,
             ));
         }
-        if self.refcount_table_clusters == 0 {
+        if self.refcount_table_clusters == 0 && !for_check {
             return Err(bad(
                 "Image does not contain a reference count table",
                 "refcount_table_clusters",
@@ -313,16 +320,18 @@ impl Header {
             ("refcount_table_clusters", 56),
             ("refcount_table_offset", 48),
         )?;
-        validate_table(
-            self.snapshots_offset,
-            u64::from(self.nb_snapshots),
-            SNAPSHOT_HEADER_SIZE,
-            SNAPSHOT_HEADER_SIZE * MAX_SNAPSHOTS,
-            cluster_size,
-            "Snapshot table",
-            ("nb_snapshots", 60),
-            ("snapshots_offset", 64),
-        )?;
+        if !for_check {
+            validate_table(
+                self.snapshots_offset,
+                u64::from(self.nb_snapshots),
+                SNAPSHOT_HEADER_SIZE,
+                SNAPSHOT_HEADER_SIZE * MAX_SNAPSHOTS,
+                cluster_size,
+                "Snapshot table",
+                ("nb_snapshots", 60),
+                ("snapshots_offset", 64),
+            )?;
+        }
         validate_table(
             self.l1_table_offset,
             u64::from(self.l1_size),
@@ -624,6 +633,16 @@ mod tests {
         assert!(msg(&h).contains("Reference count table offset invalid"));
         h.refcount_table_offset = (i64::MAX as u64) & !0xffff;
         assert!(msg(&h).contains("Reference count table offset invalid"));
+    }
+
+    #[test]
+    fn check_mode_tolerates_what_check_repairs() {
+        let mut h = v3();
+        h.refcount_table_clusters = 0;
+        h.nb_snapshots = 70000;
+        h.snapshots_offset = 0x50008;
+        assert!(h.validate_layout().is_err());
+        h.validate_layout_for(true).unwrap();
     }
 
     #[test]

@@ -100,14 +100,15 @@ impl Qcow2 {
             )))
             .map_err(&wrap);
         }
-        if header.incompatible_features & INCOMPAT_CORRUPT != 0 && opts.writable {
+        if header.incompatible_features & INCOMPAT_CORRUPT != 0 && opts.writable && !opts.for_check
+        {
             return Err(Error::new(
                 ErrorKind::InvalidImage,
                 "qcow2: Image is corrupt; cannot be opened read/write (incompatible feature bit 1 is set; open it read-only, or repair it with 'qemu-img check -r all')",
             ))
             .map_err(&wrap);
         }
-        header.validate_layout().map_err(&wrap)?;
+        header.validate_layout_for(opts.for_check).map_err(&wrap)?;
         if header.crypt_method != 0 {
             let method = if header.crypt_method == 1 {
                 "AES"
@@ -197,7 +198,13 @@ impl Qcow2 {
             None
         };
 
-        let snapshots = snapshot::read_snapshots(storage.as_ref(), &header).map_err(&wrap)?;
+        // As QEMU, check mode does not read the snapshot table: a broken
+        // one must not keep `check` from running.
+        let snapshots = if opts.for_check {
+            Vec::new()
+        } else {
+            snapshot::read_snapshots(storage.as_ref(), &header).map_err(&wrap)?
+        };
 
         let bitmaps = match &ext.bitmaps {
             Some(b) => {

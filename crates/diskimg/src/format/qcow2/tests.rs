@@ -511,3 +511,21 @@ fn virtual_size_counts_whole_sectors() {
     assert_eq!(q.info().virtual_size, 512);
     assert_eq!(q.block_status(0, 4096).unwrap().len, 512);
 }
+
+#[test]
+fn check_mode_opens_what_check_must_repair() {
+    let cs = 1u64 << 16;
+    let mut b = Builder::new(16, 3, false, 16 * cs);
+    b.h.incompatible_features = INCOMPAT_CORRUPT;
+    b.h.refcount_table_clusters = 0;
+    b.h.nb_snapshots = 3;
+    b.h.snapshots_offset = 0x50008;
+    let check = OpenOptions {
+        writable: true,
+        for_check: true,
+        ..OpenOptions::default()
+    };
+    let q = b.open_with(&check).unwrap();
+    assert!(q.snapshots().is_empty());
+    assert!(b.open_with(&OpenOptions::default()).is_err());
+}
