@@ -678,6 +678,13 @@ mod tests {
         h.l1_table_offset = 1024;
         h.l1_size = 4 << 20;
         assert!(msg(&h).contains("Image is too big"));
+        // "Image is too big" starts one byte past i32::MAX L1 entries.
+        let mut h = v3();
+        h.l1_size = 4 << 20;
+        h.size = (i32::MAX as u64) << 29;
+        assert!(msg(&h).contains("L1 table is too small"));
+        h.size += 1;
+        assert!(msg(&h).contains("Image is too big"));
         // Exactly the L1 entries needed for the size.
         let mut h = v3();
         h.size = (2 << 29) + 1;

@@ -529,3 +529,26 @@ fn check_mode_opens_what_check_must_repair() {
     assert!(q.snapshots().is_empty());
     assert!(b.open_with(&OpenOptions::default()).is_err());
 }
+
+#[test]
+fn backing_file_name_limits() {
+    let cs = 1u64 << 16;
+    let name = |len: usize, at: u64| {
+        let mut b = Builder::new(16, 3, false, cs);
+        b.h.backing_file_offset = at;
+        b.h.backing_file_size = len as u32;
+        let b = b.bytes(at, vec![b'n'; len.min((cs - at) as usize)]);
+        b.open_with(&OpenOptions::default()).map(|q| {
+            use crate::format::Layer;
+            q.backing_link().map(|l| l.filename.len())
+        })
+    };
+    assert_eq!(name(1023, 512).unwrap(), Some(1023));
+    let e = name(1024, 512).err().unwrap().to_string();
+    assert!(e.contains("Backing file name too long"), "{e}");
+    // The name must also end inside cluster 0.
+    assert_eq!(name(16, cs - 16).unwrap(), Some(16));
+    assert!(name(17, cs - 16).is_err());
+    // An empty name is no backing file.
+    assert_eq!(name(0, 512).unwrap(), None);
+}
