@@ -103,7 +103,7 @@ impl Qcow2 {
         if header.incompatible_features & INCOMPAT_CORRUPT != 0 && opts.writable && !opts.for_check
         {
             return Err(Error::new(
-                ErrorKind::InvalidImage,
+                ErrorKind::ReadOnly,
                 "qcow2: Image is corrupt; cannot be opened read/write (incompatible feature bit 1 is set; open it read-only, or repair it with 'qemu-img check -r all')",
             ))
             .map_err(&wrap);

@@ -366,7 +366,9 @@ fn open_checks_feature_bits() {
         writable: true,
         ..OpenOptions::default()
     };
-    let e = b.open_with(&rw).err().unwrap().to_string();
+    let e = b.open_with(&rw).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::ReadOnly);
+    let e = e.to_string();
     assert!(
         e.contains("qcow2: Image is corrupt; cannot be opened read/write"),
         "{e}"
