@@ -140,10 +140,19 @@ impl RefcountTable {
                         }
                     }
                     let block = self.read_block(storage, off)?;
-                    let n = (i..stop)
-                        .filter(|c| block_entry(&block, c % per_block, self.refcount_order) != 0)
-                        .count() as u64;
-                    if whole {
+                    let mut n = 0u64;
+                    let mut complete = true;
+                    for c in i..stop {
+                        if block_entry(&block, c % per_block, self.refcount_order) != 0 {
+                            n += 1;
+                            if count.saturating_add(n) >= limit {
+                                complete = c + 1 == stop;
+                                break;
+                            }
+                        }
+                    }
+                    // Only a fully scanned block's count can be reused.
+                    if whole && complete {
                         full_counts.insert(off, n);
                     }
                     count = count.saturating_add(n);
