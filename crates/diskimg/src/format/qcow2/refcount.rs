@@ -142,7 +142,13 @@ impl RefcountTable {
                     let block = self.read_block(storage, off)?;
                     let mut n = 0u64;
                     let mut complete = true;
-                    for c in i..stop {
+                    // Fast path: an all-zero block counts nothing.
+                    let range = if block.iter().all(|&b| b == 0) {
+                        stop..stop
+                    } else {
+                        i..stop
+                    };
+                    for c in range {
                         if block_entry(&block, c % per_block, self.refcount_order) != 0 {
                             n += 1;
                             if count.saturating_add(n) >= limit {
