@@ -312,15 +312,14 @@ mod tests {
         }
         let s: Arc<dyn Storage> = Arc::new(MemoryStorage::from_bytes("src", data.clone()));
         let src: Arc<dyn BlockDevice> = Arc::new(Raw::open(s).unwrap());
-        let dst = MemoryStorage::from_bytes("dst", vec![0xffu8; 5 << 20]);
+        let dst = MemoryStorage::new("dst");
+        dst.write_at(&vec![0xffu8; 5 << 20], 0).unwrap();
         let opts = ConvertOptions {
             target_is_zero: false,
             workers: 3,
             ..Default::default()
         };
         convert(&src, &dst, &opts, &mut |_, _| {}).unwrap();
-        let mut out = vec![0u8; 5 << 20];
-        dst.read_at(&mut out, 0).unwrap();
-        assert!(out == data);
+        assert!(dst.to_vec() == data);
     }
 }
