@@ -87,7 +87,7 @@ pub fn parse(ctx: &Ctx, cmd_name: &str, cmd: Command, argv: &[OsString], help: &
                 return Parsed::Exit(0);
             }
             let msg = getopt_message(&cmd, &e, argv);
-            eprintln!("{} {}: {}", ctx.prog, cmd_name, msg);
+            eprintln!("{} {}: {}", ctx.invoked, cmd_name, msg);
             ctx.hint(cmd_name);
             Parsed::Exit(1)
         }

@@ -36,8 +36,11 @@ impl Persona {
 /// The running program: its name in messages.
 #[derive(Debug, Clone)]
 pub struct Ctx {
-    /// "diskimg" or "qemu-img": the prefix of every message.
+    /// "diskimg" or "qemu-img": the prefix of error messages.
     pub prog: &'static str,
+    /// argv[0] as given: getopt's messages and the `Try ... --help` hint
+    /// use it, as qemu-img's do (`Try '/usr/bin/qemu-img --help' ...`).
+    pub invoked: String,
 }
 
 impl Ctx {
@@ -55,9 +58,9 @@ impl Ctx {
     /// Prints the `Try '<prog> CMD --help' for more info` line.
     pub fn hint(&self, cmd: &str) {
         if cmd.is_empty() {
-            eprintln!("Try '{} --help' for more info", self.prog);
+            eprintln!("Try '{} --help' for more info", self.invoked);
         } else {
-            eprintln!("Try '{} {} --help' for more info", self.prog, cmd);
+            eprintln!("Try '{} {} --help' for more info", self.invoked, cmd);
         }
     }
 }

@@ -83,13 +83,21 @@ fn not_implemented(prog: &str, what: &str, instead: &str) -> i32 {
 fn main() {
     let argv: Vec<OsString> = std::env::args_os().collect();
     let persona = Persona::from_argv0(argv.first());
+    let invoked = argv
+        .first()
+        .map(|a| a.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "diskimg".to_string());
+    let ctx = |prog: &'static str| Ctx {
+        prog,
+        invoked: invoked.clone(),
+    };
     let rc = match persona {
         Persona::QemuIo => not_implemented("qemu-io", "diskimg io", "qemu-io is diskimg io"),
         Persona::QemuNbd => {
             not_implemented("qemu-nbd", "diskimg serve", "qemu-nbd is diskimg serve")
         }
-        Persona::QemuImg => run(&Ctx { prog: "qemu-img" }, &argv[1.min(argv.len())..], false),
-        Persona::Diskimg => run(&Ctx { prog: "diskimg" }, &argv[1.min(argv.len())..], true),
+        Persona::QemuImg => run(&ctx("qemu-img"), &argv[1.min(argv.len())..], false),
+        Persona::Diskimg => run(&ctx("diskimg"), &argv[1.min(argv.len())..], true),
     };
     std::process::exit(rc);
 }
@@ -125,13 +133,13 @@ fn run(ctx: &Ctx, argv: &[OsString], diskimg_words: bool) -> i32 {
                     version(ctx);
                     return 0;
                 }
-                ctx.error(format!("unrecognized option '{s}'"));
+                eprintln!("{}: unrecognized option '{s}'", ctx.invoked);
                 ctx.hint("");
                 return 1;
             }
             s if s.starts_with('-') && s.len() > 1 => {
                 let c = s.chars().nth(1).unwrap_or('?');
-                ctx.error(format!("invalid option -- '{c}'"));
+                eprintln!("{}: invalid option -- '{c}'", ctx.invoked);
                 ctx.hint("");
                 return 1;
             }
