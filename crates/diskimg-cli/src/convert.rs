@@ -210,10 +210,7 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
         return 1;
     }
     for (id, name) in UNSUPPORTED {
-        let given = match m.get_one::<bool>(id) {
-            Some(b) => *b,
-            None => m.get_one::<String>(id).is_some(),
-        };
+        let given = m.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
         if given {
             ctx.error(format!(
                 "convert option {name} is not implemented in diskimg yet"
@@ -309,7 +306,7 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
             }
         };
         if let Err(e) = t.set_len(size) {
-            let _ = std::fs::remove_file(dst);
+            remove_partial(Path::new(dst));
             ctx.error(format!(
                 "{dst_name}: error while converting raw: {}",
                 e.message()
@@ -345,10 +342,18 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
         Err(e) => {
             drop(target);
             if created {
-                let _ = std::fs::remove_file(dst);
+                remove_partial(Path::new(dst));
             }
             ctx.error(format!("error while converting: {}", e.message()));
             1
         }
+    }
+}
+
+/// Removes a target this run created, when it is a regular file (never a
+/// device or anything else a path may name).
+fn remove_partial(path: &Path) {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
+        let _ = std::fs::remove_file(path);
     }
 }

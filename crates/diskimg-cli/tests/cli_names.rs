@@ -93,5 +93,8 @@ fn unimplemented_commands_fail_clearly() {
     let s = Scratch::new();
     let o = s.diskimg(&["create", "-f", "qcow2", "x.qcow2", "1M"]);
     assert_eq!(o.rc, 1);
-    assert_eq!(o.stderr, "diskimg: Command 'create' is not implemented yet\n");
+    assert_eq!(
+        o.stderr,
+        "diskimg: Command 'create' is not implemented yet\n"
+    );
 }

@@ -95,7 +95,10 @@ impl Scratch {
     pub fn same(&self, args: &[&str]) -> Out {
         let q = self.qemu(args);
         let d = self.ours(args);
-        assert_eq!(d, q, "diskimg (left) and qemu-img (right) differ for {args:?}");
+        assert_eq!(
+            d, q,
+            "diskimg (left) and qemu-img (right) differ for {args:?}"
+        );
         d
     }
 
