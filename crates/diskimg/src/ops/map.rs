@@ -120,7 +120,7 @@ fn entry_at(top: &Arc<dyn BlockDevice>, offset: u64, n: u64) -> Result<MapEntry>
     let cs = chain_status(top, offset, n)?;
     let st = cs.status;
     let filename = match (&cs.layer, st.offset) {
-        (Some(l), Some(_)) => Some(l.storage().name().to_string()),
+        (Some(l), Some(_)) => Some(l.data_storage().name().to_string()),
         _ => None,
     };
     Ok(MapEntry {
