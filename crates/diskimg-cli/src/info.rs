@@ -1,5 +1,6 @@
 //! `info`: what an image is, in qemu-img's human and JSON forms.
 
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::sync::Arc;
 
@@ -85,24 +86,48 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
         return 1;
     }
     let chain = m.get_flag("backing-chain");
+    // As qemu-img: every layer is opened on its own, without its backing
+    // file, and the chain is followed through the names the images record
+    // (so a missing backing file is reported under its own name).
     let how = OpenHow {
-        backing: chain,
+        backing: false,
         data_file: false,
     };
-    let top = match open_image(file, args::get_str(&m, "format"), how) {
-        Ok(d) => d,
-        Err(msg) => {
-            ctx.error(msg);
+    let mut layers: Vec<Arc<dyn BlockDevice>> = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut next: Option<(OsString, Option<String>)> = Some((
+        file.clone(),
+        args::get_str(&m, "format").map(str::to_string),
+    ));
+    while let Some((path, fmt)) = next.take() {
+        let shown = path.to_string_lossy().into_owned();
+        if !seen.insert(shown.clone()) {
+            ctx.error(format!("Backing file '{shown}' creates an infinite loop."));
             return 1;
         }
-    };
-    let mut layers: Vec<Arc<dyn BlockDevice>> = vec![top.clone()];
-    if chain {
-        let mut cur = top.backing().cloned();
-        while let Some(d) = cur {
-            cur = d.backing().cloned();
-            layers.push(d);
+        if layers.len() >= diskimg::MAX_CHAIN_DEPTH {
+            ctx.error(format!(
+                "Backing chain of '{}' is deeper than {} images; diskimg refuses longer chains",
+                file.to_string_lossy(),
+                diskimg::MAX_CHAIN_DEPTH
+            ));
+            return 1;
         }
+        let dev = match open_image(&path, fmt.as_deref(), how) {
+            Ok(d) => d,
+            Err(msg) => {
+                ctx.error(msg);
+                return 1;
+            }
+        };
+        if chain {
+            let info = dev.info();
+            if let Some(b) = &info.backing {
+                let full = diskimg::chain::full_backing_filename(&info.filename, &b.filename);
+                next = Some((OsString::from(full), b.format.clone()));
+            }
+        }
+        layers.push(dev);
     }
     let mut nodes = Vec::new();
     for l in &layers {
