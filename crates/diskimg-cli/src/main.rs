@@ -27,14 +27,17 @@ const LATER: &[&str] = &[
     "snapshot",
 ];
 
+/// Prints the version. Under the qemu-img name the first line carries the
+/// qemu-img version whose behaviour diskimg follows, since scripts parse
+/// `qemu-img --version` to decide which options they may use.
 fn version(ctx: &Ctx) {
-    println!(
-        "{} version {} (diskimg {}, compatible with qemu-img {VERSION_QEMU})",
-        ctx.prog,
-        env!("CARGO_PKG_VERSION"),
-        env!("CARGO_PKG_VERSION")
-    );
-    println!("diskimg: virtual disk images in QEMU's formats, MIT OR Apache-2.0");
+    let ours = env!("CARGO_PKG_VERSION");
+    if ctx.prog == "qemu-img" {
+        println!("qemu-img version {VERSION_QEMU} (diskimg {ours})");
+    } else {
+        println!("diskimg version {ours} (follows qemu-img {VERSION_QEMU})");
+    }
+    println!("diskimg: virtual disk images in QEMU's formats; MIT OR Apache-2.0");
 }
 
 fn help(ctx: &Ctx) {
