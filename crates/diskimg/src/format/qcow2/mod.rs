@@ -14,6 +14,7 @@
 //! file, the table offset and the index, never a panic.
 
 pub mod bitmaps;
+pub mod check;
 pub mod compressed;
 pub mod extensions;
 pub mod header;
@@ -36,7 +37,8 @@ use self::l2_entry::{SubclusterType, OFFSET_MASK};
 use self::snapshot::Snapshot;
 use super::mapped::{self, Mapper, Mapping};
 use super::{
-    BackingLink, BlockDevice, BlockStatus, FormatSpecific, ImageInfo, Layer, Qcow2Specific,
+    BackingLink, BlockDevice, BlockStatus, CheckReport, FormatSpecific, ImageInfo, Layer,
+    Qcow2Specific, RepairMode,
 };
 use crate::io::{FileStorage, HostExtent, OpenMode, Storage};
 use crate::{Error, ErrorKind, OpenOptions, Result, DEFAULT_L2_CACHE_MAX};
@@ -633,8 +635,43 @@ impl BlockDevice for Qcow2 {
         &self.storage
     }
 
+    fn data_storage(&self) -> &Arc<dyn Storage> {
+        &self.data
+    }
+
     fn backing(&self) -> Option<&Arc<dyn BlockDevice>> {
         self.backing.as_ref()
+    }
+
+    fn check(&self, repair: RepairMode, diagnostic: &mut dyn FnMut(&str)) -> Result<CheckReport> {
+        if repair != RepairMode::None {
+            return Err(Error::unsupported(
+                "repairing qcow2 images (check -r) is not implemented yet",
+            ));
+        }
+        // An open for check does not read the snapshot table (QEMU's
+        // BDRV_O_CHECK); the check reads it here, and a table that cannot be
+        // read ends the check.
+        let snapshots = if self.snapshots.is_empty() && self.header.nb_snapshots > 0 {
+            snapshot::read_snapshots(self.storage.as_ref(), &self.header)?
+        } else {
+            self.snapshots.clone()
+        };
+        let subject = check::CheckSubject {
+            storage: self.storage.as_ref(),
+            header: &self.header,
+            snapshots: &snapshots,
+            crypto: self.ext.crypto,
+            bitmaps: self.ext.bitmaps,
+            bitmap_tables: self
+                .bitmaps
+                .iter()
+                .flatten()
+                .map(|b| (b.table_offset, u64::from(b.table_size)))
+                .collect(),
+            has_data_file: self.has_data_file,
+        };
+        check::check(&subject, diagnostic)
     }
 }
 
