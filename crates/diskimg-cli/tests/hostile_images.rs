@@ -777,7 +777,7 @@ hostile! {
             let name = format!("cut{cut}.qcow2");
             let f = dir.join(&name);
             std::fs::write(&f, &full[..(cut as usize).min(full.len())]).expect("write cut");
-            for e in judge_image(&dir, &name, &[name.clone()]) {
+            for e in judge_image(&dir, &name, std::slice::from_ref(&name)) {
                 fails.push(format!("[truncated at {cut}] {e}"));
             }
             std::fs::remove_file(&f).expect("rm cut");
@@ -795,7 +795,7 @@ hostile! {
             let name = format!("cut{cut}.qcow2");
             let f = dir.join(&name);
             std::fs::write(&f, &full[..cut as usize]).expect("write cut");
-            for e in judge_image(&dir, &name, &[name.clone()]) {
+            for e in judge_image(&dir, &name, std::slice::from_ref(&name)) {
                 fails.push(format!("[truncated at {cut}] {e}"));
             }
             std::fs::remove_file(&f).expect("rm cut");
@@ -838,7 +838,7 @@ fn random_images(c: &mut Case, make: fn(&mut Rng, &mut [u8], &[u8])) {
         make(&mut rng, &mut buf, &real);
         let name = format!("random{seed}.qcow2");
         std::fs::write(dir.join(&name), &buf).expect("write random image");
-        for e in judge_image(&dir, &name, &[name.clone()]) {
+        for e in judge_image(&dir, &name, std::slice::from_ref(&name)) {
             fails.push(format!("[seed {seed}] {e}"));
         }
         std::fs::remove_file(dir.join(&name)).expect("rm random");
