@@ -26,7 +26,7 @@ use std::sync::Arc;
 pub use chain::{open, MAX_CHAIN_DEPTH};
 pub use error::{Error, ErrorKind, Result};
 pub use format::probe::Format;
-pub use format::{BlockDevice, BlockStatus, ImageInfo};
+pub use format::{BlockDevice, BlockStatus, CheckReport, ImageInfo, RepairMode};
 
 /// A callback that receives warnings (e.g. a probed backing format).
 pub type WarningSink = Arc<dyn Fn(&str) + Send + Sync>;
@@ -46,6 +46,10 @@ pub struct OpenOptions {
     /// `None` for QEMU's default: enough to map the whole image, capped at
     /// [`DEFAULT_L2_CACHE_MAX`].
     pub l2_cache_size: Option<u64>,
+    /// Open for `check`: tolerate damage that a normal open refuses but a
+    /// check must report (QEMU's BDRV_O_CHECK: e.g. a refcount table of zero
+    /// clusters, an oversized snapshot table).
+    pub for_check: bool,
     /// Where warnings go; dropped when `None`.
     pub warnings: Option<WarningSink>,
 }
@@ -61,6 +65,7 @@ impl Default for OpenOptions {
             open_backing: true,
             open_data_file: true,
             l2_cache_size: None,
+            for_check: false,
             warnings: None,
         }
     }
@@ -83,6 +88,7 @@ impl std::fmt::Debug for OpenOptions {
             .field("open_backing", &self.open_backing)
             .field("open_data_file", &self.open_data_file)
             .field("l2_cache_size", &self.l2_cache_size)
+            .field("for_check", &self.for_check)
             .finish()
     }
 }

@@ -130,6 +130,44 @@ pub struct ImageInfo {
     pub specific: Option<FormatSpecific>,
 }
 
+/// How far `check` may go in repairing what it finds (`qemu-img check -r`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RepairMode {
+    /// Only report.
+    #[default]
+    None,
+    /// Repair leaked clusters.
+    Leaks,
+    /// Repair leaks and corruptions.
+    All,
+}
+
+/// The result of a consistency check (QAPI `ImageCheck` / QEMU's
+/// `BdrvCheckResult`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Corruptions found and not repaired.
+    pub corruptions: u64,
+    /// Leaked clusters found and not repaired.
+    pub leaks: u64,
+    /// Errors that kept the check from completing a part of its work.
+    pub check_errors: u64,
+    /// Corruptions repaired.
+    pub corruptions_fixed: u64,
+    /// Leaks repaired.
+    pub leaks_fixed: u64,
+    /// One past the highest used byte of the image file, rounded to clusters.
+    pub image_end_offset: u64,
+    /// Guest clusters in the image.
+    pub total_clusters: u64,
+    /// Guest clusters allocated in this layer.
+    pub allocated_clusters: u64,
+    /// Allocated clusters not contiguous with their predecessor.
+    pub fragmented_clusters: u64,
+    /// Compressed clusters.
+    pub compressed_clusters: u64,
+}
+
 /// An open image: one layer of a chain, with its backing file (if opened)
 /// beneath it.
 ///
@@ -169,6 +207,17 @@ pub trait BlockDevice: Send + Sync {
 
     /// The backing file, when it was opened.
     fn backing(&self) -> Option<&Arc<dyn BlockDevice>>;
+
+    /// Checks the image's metadata for consistency, as `qemu-img check`.
+    /// Per-cluster diagnostics (QEMU's stderr lines) go to `diagnostic`.
+    /// Formats without a check return an `Unsupported` error saying
+    /// `This image format does not support checks`.
+    fn check(&self, repair: RepairMode, diagnostic: &mut dyn FnMut(&str)) -> Result<CheckReport> {
+        let _ = (repair, diagnostic);
+        Err(crate::Error::unsupported(
+            "This image format does not support checks",
+        ))
+    }
 }
 
 /// A layer while its chain is being opened: the chain code reads the link to
