@@ -160,11 +160,18 @@ impl Qcow2 {
                 }
             };
             if opts.open_data_file {
+                // The name comes from an untrusted image (CVE-2024-4467):
+                // only a local file name, never a protocol or json: spec.
+                if let Some(colon) = df.find(':') {
+                    if !df[..colon].contains('/') {
+                        return Err(Error::unsupported(format!(
+                            "the external data file name '{df}' names a protocol or a json: specification; diskimg opens only local files"
+                        )))
+                        .map_err(&wrap);
+                    }
+                }
                 let p = crate::chain::resolve_backing_path(path, &df).map_err(&wrap)?;
-                Arc::new(
-                    FileStorage::open(&p, OpenMode::ReadOnly)
-                        .map_err(|e| e.context(format!("Could not open data file of '{name}'")))?,
-                )
+                Arc::new(FileStorage::open(&p, OpenMode::ReadOnly).map_err(&wrap)?)
             } else {
                 Arc::new(UnopenedDataFile {
                     name: df,
