@@ -208,6 +208,13 @@ pub trait BlockDevice: Send + Sync {
     /// The backing file, when it was opened.
     fn backing(&self) -> Option<&Arc<dyn BlockDevice>>;
 
+    /// The storage that [`BlockStatus::offset`] points into: an external
+    /// data file when the image has one open, else the image's own storage.
+    /// `qemu-img map` names this file for data extents.
+    fn data_storage(&self) -> &Arc<dyn Storage> {
+        self.storage()
+    }
+
     /// Checks the image's metadata for consistency, as `qemu-img check`.
     /// Per-cluster diagnostics (QEMU's stderr lines) go to `diagnostic`.
     /// Formats without a check return an `Unsupported` error saying
