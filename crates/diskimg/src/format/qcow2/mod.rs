@@ -643,6 +643,10 @@ impl BlockDevice for Qcow2 {
     fn backing(&self) -> Option<&Arc<dyn BlockDevice>> {
         self.backing.as_ref()
     }
+
+    fn data_storage(&self) -> &Arc<dyn Storage> {
+        &self.data
+    }
 }
 
 impl Layer for Qcow2 {

@@ -573,3 +573,21 @@ fn data_file_names_from_the_image_are_local_files_only() {
         assert_eq!(b.open_with(&info_only).is_ok(), ok_info_only);
     }
 }
+
+#[test]
+fn block_device_data_storage_is_the_data_file() {
+    let q = Builder::new(16, 3, false, 1 << 20).open();
+    assert_eq!(BlockDevice::data_storage(&q).name(), "m.qcow2");
+    let mut b = Builder::new(16, 3, false, 1 << 20);
+    b.h.incompatible_features = super::header::INCOMPAT_DATA_FILE;
+    let b = b.bytes(
+        112,
+        super::extensions::encode(super::extensions::EXT_DATA_FILE, b"d.raw"),
+    );
+    let info_only = OpenOptions {
+        open_data_file: false,
+        ..OpenOptions::default()
+    };
+    let q = b.open_with(&info_only).unwrap();
+    assert_eq!(BlockDevice::data_storage(&q).name(), "d.raw");
+}
