@@ -75,6 +75,33 @@ fn read_vec(storage: &dyn Storage, offset: u64, len: u64) -> Result<Vec<u8>> {
     Ok(v)
 }
 
+/// Bitmap table bytes read at open, at most; QEMU reads every table (and
+/// every bitmap) at open, which a hostile directory could make enormous.
+const BITMAP_TABLE_BUDGET: u64 = 256 << 20;
+
+/// Checks the tables of `list` as QEMU does when it loads bitmaps at open.
+/// Only bytes inside the file are read (past its end entries are zero, which
+/// is valid), and at most [`BITMAP_TABLE_BUDGET`] bytes in all; tables past
+/// the budget are not checked.
+fn check_bitmap_tables(storage: &dyn Storage, list: &[Bitmap], cluster_size: u64) -> Result<()> {
+    let file_len = storage.len()?;
+    let mut budget = BITMAP_TABLE_BUDGET;
+    for b in list {
+        let bytes = u64::from(b.table_size) * 8;
+        let in_file = file_len.saturating_sub(b.table_offset).min(bytes);
+        if in_file == 0 {
+            continue;
+        }
+        if in_file > budget {
+            break;
+        }
+        budget -= in_file;
+        let table = read_vec(storage, b.table_offset, in_file)?;
+        bitmaps::check_table(b, &table, cluster_size)?;
+    }
+    Ok(())
+}
+
 impl Qcow2 {
     /// Opens the qcow2 image held in `storage`; `path` locates its external
     /// data file (relative names are relative to the image's directory).
@@ -217,10 +244,12 @@ impl Qcow2 {
             Some(b) => {
                 let dir = read_vec(storage.as_ref(), b.directory_offset, b.directory_size)
                     .map_err(&wrap)?;
-                Some(
+                let list =
                     bitmaps::parse_directory(&dir, b, header.cluster_size(), header.size & !511)
-                        .map_err(&wrap)?,
-                )
+                        .map_err(&wrap)?;
+                check_bitmap_tables(storage.as_ref(), &list, header.cluster_size())
+                    .map_err(&wrap)?;
+                Some(list)
             }
             None => None,
         };
