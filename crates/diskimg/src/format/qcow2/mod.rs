@@ -77,6 +77,33 @@ fn read_vec(storage: &dyn Storage, offset: u64, len: u64) -> Result<Vec<u8>> {
     Ok(v)
 }
 
+/// Bitmap table bytes read at open, at most; QEMU reads every table (and
+/// every bitmap) at open, which a hostile directory could make enormous.
+const BITMAP_TABLE_BUDGET: u64 = 256 << 20;
+
+/// Checks the tables of `list` as QEMU does when it loads bitmaps at open.
+/// Only bytes inside the file are read (past its end entries are zero, which
+/// is valid), and at most [`BITMAP_TABLE_BUDGET`] bytes in all; tables past
+/// the budget are not checked.
+fn check_bitmap_tables(storage: &dyn Storage, list: &[Bitmap], cluster_size: u64) -> Result<()> {
+    let file_len = storage.len()?;
+    let mut budget = BITMAP_TABLE_BUDGET;
+    for b in list {
+        let bytes = u64::from(b.table_size) * 8;
+        let in_file = file_len.saturating_sub(b.table_offset).min(bytes);
+        if in_file == 0 {
+            continue;
+        }
+        if in_file > budget {
+            break;
+        }
+        budget -= in_file;
+        let table = read_vec(storage, b.table_offset, in_file)?;
+        bitmaps::check_table(b, &table, cluster_size)?;
+    }
+    Ok(())
+}
+
 impl Qcow2 {
     /// Opens the qcow2 image held in `storage`; `path` locates its external
     /// data file (relative names are relative to the image's directory).
@@ -162,11 +189,18 @@ impl Qcow2 {
                 }
             };
             if opts.open_data_file {
+                // The name comes from an untrusted image (CVE-2024-4467):
+                // only a local file name, never a protocol or json: spec.
+                if let Some(colon) = df.find(':') {
+                    if !df[..colon].contains('/') {
+                        return Err(Error::unsupported(format!(
+                            "the external data file name '{df}' names a protocol or a json: specification; diskimg opens only local files"
+                        )))
+                        .map_err(&wrap);
+                    }
+                }
                 let p = crate::chain::resolve_backing_path(path, &df).map_err(&wrap)?;
-                Arc::new(
-                    FileStorage::open(&p, OpenMode::ReadOnly)
-                        .map_err(|e| e.context(format!("Could not open data file of '{name}'")))?,
-                )
+                Arc::new(FileStorage::open(&p, OpenMode::ReadOnly).map_err(&wrap)?)
             } else {
                 Arc::new(UnopenedDataFile {
                     name: df,
@@ -212,10 +246,12 @@ impl Qcow2 {
             Some(b) => {
                 let dir = read_vec(storage.as_ref(), b.directory_offset, b.directory_size)
                     .map_err(&wrap)?;
-                Some(
+                let list =
                     bitmaps::parse_directory(&dir, b, header.cluster_size(), header.size & !511)
-                        .map_err(&wrap)?,
-                )
+                        .map_err(&wrap)?;
+                check_bitmap_tables(storage.as_ref(), &list, header.cluster_size())
+                    .map_err(&wrap)?;
+                Some(list)
             }
             None => None,
         };
