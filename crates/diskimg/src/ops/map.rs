@@ -170,7 +170,7 @@ mod tests {
     fn extents_merge_only_when_every_field_agrees() {
         use crate::ops::status::tests::Fake;
         // zero, unallocated, data, data (contiguous offsets), zero
-        let dev = Fake::new(
+        let dev = Fake::device(
             vec![
                 (10, true, false, true),
                 (10, false, false, false),

@@ -162,7 +162,7 @@ pub(crate) mod tests {
     }
 
     impl Fake {
-        pub(crate) fn new(
+        pub(crate) fn device(
             extents: Vec<(u64, bool, bool, bool)>,
             backing: Option<Arc<dyn BlockDevice>>,
         ) -> Arc<dyn BlockDevice> {
@@ -247,8 +247,8 @@ pub(crate) mod tests {
 
     #[test]
     fn map_walk_descends_and_narrows() {
-        let base = Fake::new(vec![ext(100, D), ext(300, U)], None);
-        let top = Fake::new(vec![ext(50, U), ext(50, Z), ext(300, U)], Some(base));
+        let base = Fake::device(vec![ext(100, D), ext(300, U)], None);
+        let top = Fake::device(vec![ext(50, U), ext(50, Z), ext(300, U)], Some(base));
         let s = chain_status(&top, 0, 400).unwrap();
         assert_eq!((s.len, s.depth, s.status.data), (50, 1, true));
         let s = chain_status(&top, 50, 350).unwrap();
@@ -261,8 +261,8 @@ pub(crate) mod tests {
 
     #[test]
     fn map_walk_stops_above_a_short_backing_file() {
-        let base = Fake::new(vec![ext(100, D)], None);
-        let top = Fake::new(vec![ext(400, U)], Some(base));
+        let base = Fake::device(vec![ext(100, D)], None);
+        let top = Fake::device(vec![ext(400, U)], Some(base));
         let s = chain_status(&top, 0, 400).unwrap();
         assert_eq!((s.len, s.depth, s.status.data), (100, 1, true));
         let s = chain_status(&top, 100, 300).unwrap();
@@ -272,8 +272,8 @@ pub(crate) mod tests {
 
     #[test]
     fn status_above_finds_the_allocating_layer() {
-        let base = Fake::new(vec![ext(100, D), ext(300, U)], None);
-        let top = Fake::new(vec![ext(50, U), ext(50, Z), ext(300, U)], Some(base));
+        let base = Fake::device(vec![ext(100, D), ext(300, U)], None);
+        let top = Fake::device(vec![ext(50, U), ext(50, Z), ext(300, U)], Some(base));
         let s = status_above(&top, 0, 400).unwrap();
         assert!(s.allocated && s.data && s.offset_valid && !s.eof);
         assert_eq!(s.len, 50);
@@ -284,9 +284,9 @@ pub(crate) mod tests {
 
     #[test]
     fn status_above_counts_past_a_short_backing_as_allocated_zeros() {
-        let base = Fake::new(vec![ext(100, U)], None);
-        let mid = Fake::new(vec![ext(200, U)], Some(base));
-        let top = Fake::new(vec![ext(400, U)], Some(mid));
+        let base = Fake::device(vec![ext(100, U)], None);
+        let mid = Fake::device(vec![ext(200, U)], Some(base));
+        let top = Fake::device(vec![ext(400, U)], Some(mid));
         let s = status_above(&top, 150, 250).unwrap();
         // mid is unallocated at 150 and its backing ends at 100.
         assert!(s.allocated && s.zero && !s.data);
