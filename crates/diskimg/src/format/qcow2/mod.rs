@@ -633,6 +633,10 @@ impl BlockDevice for Qcow2 {
         &self.storage
     }
 
+    fn data_storage(&self) -> &Arc<dyn Storage> {
+        Mapper::data_storage(self)
+    }
+
     fn backing(&self) -> Option<&Arc<dyn BlockDevice>> {
         self.backing.as_ref()
     }
