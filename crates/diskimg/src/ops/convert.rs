@@ -66,6 +66,26 @@ pub fn is_zero(buf: &[u8]) -> bool {
             .all(|c| c.iter().fold(0u128, |acc, &w| acc | w) == 0)
 }
 
+/// The target, with writes serialised: buffered writes to one file take
+/// the inode lock in the kernel anyway, and several threads contending for
+/// it there spin and burn CPU time; queueing them here costs nothing.
+struct Target<'a> {
+    dst: &'a dyn Storage,
+    lock: Mutex<()>,
+}
+
+impl Target<'_> {
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.dst.write_at(buf, offset)
+    }
+
+    fn punch_hole(&self, offset: u64, len: u64) -> Result<()> {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.dst.punch_hole(offset, len)
+    }
+}
+
 /// One unit of work.
 #[derive(Debug, Clone, Copy)]
 enum Job {
@@ -141,6 +161,11 @@ pub fn convert(
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
     let finished = AtomicU64::new(0);
+    let target = Target {
+        dst,
+        lock: Mutex::new(()),
+    };
+    let dst = &target;
     progress(0, size);
     std::thread::scope(|scope| {
         for _ in 0..workers {
@@ -171,7 +196,7 @@ pub fn convert(
 
 fn worker(
     src: &Arc<dyn BlockDevice>,
-    dst: &dyn Storage,
+    dst: &Target<'_>,
     opts: &ConvertOptions,
     cursor: &Mutex<Cursor>,
     done: &AtomicU64,
@@ -207,7 +232,7 @@ fn worker(
 
 /// Makes `[offset, offset + len)` of the target read as zeros.
 fn write_zeros(
-    dst: &dyn Storage,
+    dst: &Target<'_>,
     opts: &ConvertOptions,
     offset: u64,
     len: u64,
@@ -236,7 +261,7 @@ fn write_zeros(
 }
 
 /// Writes a data chunk, leaving out zero granules.
-fn write_data(dst: &dyn Storage, opts: &ConvertOptions, offset: u64, data: &[u8]) -> Result<()> {
+fn write_data(dst: &Target<'_>, opts: &ConvertOptions, offset: u64, data: &[u8]) -> Result<()> {
     let g = opts.sparse_size;
     if g == 0 {
         return dst.write_at(data, offset);
@@ -269,7 +294,7 @@ fn write_data(dst: &dyn Storage, opts: &ConvertOptions, offset: u64, data: &[u8]
 }
 
 fn flush_run(
-    dst: &dyn Storage,
+    dst: &Target<'_>,
     opts: &ConvertOptions,
     base: u64,
     data: &[u8],
