@@ -344,7 +344,7 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
             if created {
                 remove_partial(Path::new(dst));
             }
-            ctx.error(format!("error while converting: {}", e.message()));
+            ctx.error(e.message());
             1
         }
     }

@@ -111,7 +111,12 @@ impl Cursor {
         let (end, zero) = match self.extent {
             Some((end, zero)) if end > self.offset => (end, zero),
             _ => {
-                let st = status_above(src, self.offset, self.size - self.offset)?;
+                let st = status_above(src, self.offset, self.size - self.offset).map_err(|e| {
+                    e.context(format!(
+                        "error while reading block status at offset {}",
+                        self.offset
+                    ))
+                })?;
                 let end = self.offset + st.len;
                 let zero = st.zero && !st.data;
                 self.extent = Some((end, zero));
@@ -137,7 +142,9 @@ impl Cursor {
 
 /// Copies every guest byte of `src` into `dst` at the same offset. `dst`
 /// must be at least `src.size()` bytes long already. `progress` is called
-/// now and then with (bytes done, total) from the calling thread.
+/// now and then with (bytes done, total) from the calling thread. Errors say
+/// what failed where, in qemu-img's words (`error while reading at byte N:
+/// ...`).
 pub fn convert(
     src: &Arc<dyn BlockDevice>,
     dst: &dyn Storage,
@@ -214,7 +221,8 @@ fn worker(
         let Some(job) = job else { return Ok(()) };
         match job {
             Job::Zero { offset, len } => {
-                write_zeros(dst, opts, offset, len, buf)?;
+                write_zeros(dst, opts, offset, len, buf)
+                    .map_err(|e| e.context(format!("error while writing at byte {offset}")))?;
                 done.fetch_add(len, Ordering::Relaxed);
             }
             Job::Data { offset, len } => {
@@ -222,8 +230,10 @@ fn worker(
                 if buf.len() < n {
                     buf.resize(n, 0);
                 }
-                src.read_at(&mut buf[..n], offset)?;
-                write_data(dst, opts, offset, &buf[..n])?;
+                src.read_at(&mut buf[..n], offset)
+                    .map_err(|e| e.context(format!("error while reading at byte {offset}")))?;
+                write_data(dst, opts, offset, &buf[..n])
+                    .map_err(|e| e.context(format!("error while writing at byte {offset}")))?;
                 done.fetch_add(len, Ordering::Relaxed);
             }
         }
