@@ -2,6 +2,9 @@
 
 use std::ffi::OsString;
 use std::path::Path;
+use std::sync::Arc;
+
+use diskimg::BlockDevice;
 
 use diskimg::io::{FileStorage, OpenMode, Storage};
 use diskimg::ops::convert::{convert, ConvertOptions, MAX_WORKERS};
@@ -273,6 +276,19 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
     };
     let size = src.size();
     let dst_name = dst.to_string_lossy().into_owned();
+    // QEMU's image locks refuse a target that is one of the source's files;
+    // diskimg checks it explicitly, before truncating anything.
+    if target_in_source(&src, Path::new(dst)) {
+        let lock = format!(
+            "Failed to get \"write\" lock\nIs another process using the image [{dst_name}]?"
+        );
+        if no_create {
+            ctx.error(format!("Could not open '{dst_name}': {lock}"));
+        } else {
+            ctx.error(format!("{dst_name}: error while converting raw: {lock}"));
+        }
+        return 1;
+    }
     let (target, created): (FileStorage, bool) = if no_create {
         match FileStorage::open(Path::new(dst), OpenMode::ReadWrite) {
             Ok(t) => {
@@ -356,4 +372,23 @@ fn remove_partial(path: &Path) {
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
         let _ = std::fs::remove_file(path);
     }
+}
+
+/// Whether `target` is a file of the source chain (an image or data file).
+fn target_in_source(src: &Arc<dyn BlockDevice>, target: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(t) = std::fs::metadata(target) else {
+        return false;
+    };
+    let same = |name: &str| {
+        std::fs::metadata(name).is_ok_and(|m| m.dev() == t.dev() && m.ino() == t.ino())
+    };
+    let mut cur = Some(src.clone());
+    while let Some(dev) = cur {
+        if same(dev.storage().name()) || same(dev.data_storage().name()) {
+            return true;
+        }
+        cur = dev.backing().cloned();
+    }
+    false
 }

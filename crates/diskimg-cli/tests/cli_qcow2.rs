@@ -332,3 +332,20 @@ fn failures_mid_way_give_qemu_img_exit_codes_and_remove_the_partial_target() {
         d.stderr
     );
 }
+
+#[test]
+fn convert_refuses_a_target_that_is_part_of_the_source() {
+    let s = Scratch::new();
+    images(&s);
+    let before = s.read("ca.qcow2");
+    for args in [
+        &["convert", "sub/cc.qcow2", "ca.qcow2"][..],
+        &["convert", "-n", "sub/cc.qcow2", "ca.qcow2"],
+        &["convert", "-n", "df.qcow2", "ext.data"],
+        &["convert", "base.raw", "base.raw"],
+    ] {
+        let o = s.same(args);
+        assert_eq!(o.rc, 1, "{args:?}");
+    }
+    assert!(s.read("ca.qcow2") == before);
+}
