@@ -7,6 +7,7 @@ use std::sync::Arc;
 use diskimg::BlockDevice;
 
 use diskimg::io::{FileStorage, OpenMode, Storage};
+use diskimg::ops::concat::Concat;
 use diskimg::ops::convert::{convert, ConvertOptions, MAX_WORKERS};
 
 use crate::args::{self, Parsed};
@@ -250,12 +251,6 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
     }
     let (srcs, dst) = files.split_at(files.len() - 1);
     let dst = &dst[0];
-    if srcs.len() > 1 {
-        ctx.error(
-            "converting several source images into one target is not implemented in diskimg yet",
-        );
-        return 1;
-    }
     if m.get_flag("image-opts") {
         ctx.error(format!(
             "Could not open '{}': --image-opts is not supported by diskimg",
@@ -267,18 +262,34 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
         backing: true,
         data_file: true,
     };
-    let src = match open_image(&srcs[0], args::get_str(&m, "source-format"), how) {
-        Ok(d) => d,
-        Err(msg) => {
-            ctx.error(msg);
-            return 1;
+    // Several sources are read back to back as one image.
+    let mut opened = Vec::with_capacity(srcs.len());
+    for s in srcs {
+        match open_image(s, args::get_str(&m, "source-format"), how) {
+            Ok(d) => opened.push(d),
+            Err(msg) => {
+                ctx.error(msg);
+                return 1;
+            }
+        }
+    }
+    let in_source = opened.iter().any(|d| target_in_source(d, Path::new(dst)));
+    let src: Arc<dyn BlockDevice> = if opened.len() == 1 {
+        opened.remove(0)
+    } else {
+        match Concat::new(opened) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                ctx.error(e.message());
+                return 1;
+            }
         }
     };
     let size = src.size();
     let dst_name = dst.to_string_lossy().into_owned();
     // QEMU's image locks refuse a target that is one of the source's files;
     // diskimg checks it explicitly, before truncating anything.
-    if target_in_source(&src, Path::new(dst)) {
+    if in_source {
         let lock = format!(
             "Failed to get \"write\" lock\nIs another process using the image [{dst_name}]?"
         );

@@ -349,3 +349,32 @@ fn convert_refuses_a_target_that_is_part_of_the_source() {
     }
     assert!(s.read("ca.qcow2") == before);
 }
+
+#[test]
+fn several_sources_are_concatenated() {
+    let s = Scratch::new();
+    images(&s);
+    let srcs = [
+        "ca.qcow2",
+        "v2.qcow2",
+        "base.raw",
+        "comp.qcow2",
+        "sub/cc.qcow2",
+    ];
+    let mut ours = vec!["convert"];
+    ours.extend_from_slice(&srcs);
+    ours.push("ours.raw");
+    let o = s.ours(&ours);
+    assert_eq!(o.rc, 0, "{o:?}");
+    let mut theirs = vec!["convert"];
+    theirs.extend_from_slice(&srcs);
+    theirs.push("theirs.raw");
+    qemu_img_ok(&s, &theirs);
+    let a = s.read("ours.raw");
+    assert_eq!(
+        a.len() as u64,
+        (1 << 20) + (3 << 20) + (16 << 20) + (16 << 20) + (2 << 20)
+    );
+    assert!(a == s.read("theirs.raw"));
+    assert!(s.allocated("ours.raw") <= s.allocated("theirs.raw") + 4096);
+}
