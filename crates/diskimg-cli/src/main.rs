@@ -5,6 +5,7 @@
 //! as `qemu-io` / `qemu-nbd` it stands for `diskimg io` / `diskimg serve`.
 
 mod args;
+mod check;
 mod compare;
 mod convert;
 mod ctx;
@@ -23,8 +24,7 @@ const VERSION_QEMU: &str = "10.0.2";
 
 /// qemu-img's commands that diskimg does not implement yet.
 const LATER: &[&str] = &[
-    "amend", "bench", "bitmap", "check", "commit", "create", "dd", "measure", "rebase", "resize",
-    "snapshot",
+    "amend", "bench", "bitmap", "commit", "create", "dd", "measure", "rebase", "resize", "snapshot",
 ];
 
 /// Prints the version. Under the qemu-img name the first line carries the
@@ -55,6 +55,7 @@ Standard options:
 
 Recognized commands (run {p} COMMAND --help for command-specific help):
 
+  check - Check basic image integrity (read-only: -r is not implemented yet)
   compare - Check if two images have the same contents
   convert - Copy one image to another (raw targets)
   info - Display information about image
@@ -161,6 +162,7 @@ fn run(ctx: &Ctx, argv: &[OsString], diskimg_words: bool) -> i32 {
         "map" => map::run(ctx, rest),
         "convert" => convert::run(ctx, rest),
         "compare" => compare::run(ctx, rest),
+        "check" => check::run(ctx, rest),
         "io" if diskimg_words => not_implemented(ctx.prog, "diskimg io", "the qemu-io drop-in"),
         "serve" if diskimg_words => {
             not_implemented(ctx.prog, "diskimg serve", "the qemu-nbd drop-in")

@@ -207,3 +207,31 @@ fn corrupt_images_open_read_only_only() {
     );
     assert!(e.contains("corrupt.qcow2"), "{e}");
 }
+
+#[test]
+fn broken_bitmap_table_fails_open_as_qemu() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let out = qemu_img(&["create", "-q", "-f", "qcow2", "bt.qcow2", "64M"], dir);
+    assert!(out.status.success());
+    let out = qemu_img(&["bitmap", "--add", "bt.qcow2", "b0"], dir);
+    assert!(out.status.success());
+    let p = dir.join("bt.qcow2");
+    let mut b = std::fs::read(&p).unwrap();
+    // Find the bitmaps extension, then the directory, then the table.
+    let magic = 0x2385_2875u32.to_be_bytes();
+    let i = (0..65536)
+        .find(|&i| b[i..i + 4] == magic)
+        .expect("bitmaps extension");
+    let dir_off = u64::from_be_bytes(b[i + 24..i + 32].try_into().unwrap()) as usize;
+    let table = u64::from_be_bytes(b[dir_off..dir_off + 8].try_into().unwrap()) as usize;
+    // A reserved bit in the first table entry.
+    b[table + 7] |= 2;
+    std::fs::write(&p, b).unwrap();
+    let reason = qemu_reason(dir, "bt.qcow2");
+    let ours = diskimg::open(&p, &OpenOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(ours.contains(&reason), "{ours:?} vs {reason:?}");
+}

@@ -727,3 +727,29 @@ fn bitmaps_without_autoclear_bit_warn_as_qemu() {
     };
     assert_eq!(q.bitmaps, None);
 }
+
+#[test]
+fn dirty_and_corrupt_images_read_read_only() {
+    use std::io::{Seek, SeekFrom, Write};
+    for (bit, name) in [(1u8, "dirty.qcow2"), (2u8, "corrupt.qcow2")] {
+        let d = tmp();
+        let img = p(&d, name);
+        create(&img, "lazy_refcounts=on", 8 << 20);
+        qemu_io("qcow2", &img, &random_ops(61, 8 << 20, 65536, 20, true));
+        let mut f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+        f.seek(SeekFrom::Start(79)).unwrap();
+        f.write_all(&[bit]).unwrap();
+        drop(f);
+        check_image(&img);
+        let info = open(&img).info();
+        assert_eq!(info.dirty, bit == 1);
+        let Some(FormatSpecific::Qcow2(q)) = info.specific else {
+            panic!()
+        };
+        assert_eq!(q.corrupt, Some(bit == 2));
+        assert_eq!(q.lazy_refcounts, Some(true));
+        // Reading never repairs: the header is unchanged.
+        let b = std::fs::read(&img).unwrap();
+        assert_eq!(b[79], bit);
+    }
+}

@@ -158,6 +158,39 @@ pub fn parse_directory(
     Ok(out)
 }
 
+/// Reserved bits of a bitmap table entry.
+pub const TABLE_ENTRY_RESERVED_MASK: u64 = 0xff00_0000_0000_01fe;
+/// Offset bits of a bitmap table entry.
+pub const TABLE_ENTRY_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+/// Bit 0 of an entry without offset: the cluster reads as all ones.
+pub const TABLE_ENTRY_FLAG_ALL_ONES: u64 = 1;
+
+/// Whether a bitmap table entry is valid (QEMU's `check_table_entry`): no
+/// reserved bits; with an offset, the offset is cluster aligned and the
+/// all-ones flag is clear.
+pub fn table_entry_valid(entry: u64, cluster_size: u64) -> bool {
+    if entry & TABLE_ENTRY_RESERVED_MASK != 0 {
+        return false;
+    }
+    let off = entry & TABLE_ENTRY_OFFSET_MASK;
+    off == 0 || (entry & TABLE_ENTRY_FLAG_ALL_ONES == 0 && off & (cluster_size - 1) == 0)
+}
+
+/// Checks a bitmap's table (big-endian entries in `table`) as QEMU does
+/// when it loads the bitmap at open, with QEMU's message.
+pub fn check_table(bitmap: &Bitmap, table: &[u8], cluster_size: u64) -> Result<()> {
+    for (i, e) in table.chunks_exact(8).enumerate() {
+        let entry = u64::from_be_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]);
+        if !table_entry_valid(entry, cluster_size) {
+            return Err(Error::invalid(format!(
+                "Could not read bitmap_table table from image for bitmap '{}': Invalid argument (bitmap table at offset {}, entry {i} = {entry:#x})",
+                bitmap.name, bitmap.table_offset
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Encodes a directory entry (for tests and, later, the writer).
 pub fn encode_entry(b: &Bitmap, btype: u8, extra: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
@@ -223,6 +256,29 @@ mod tests {
             .info()
             .flags
             .is_empty());
+    }
+
+    #[test]
+    fn table_entries() {
+        let cs = 65536;
+        assert!(table_entry_valid(0, cs));
+        assert!(table_entry_valid(1, cs)); // all ones, no offset
+        assert!(table_entry_valid(0x80000, cs));
+        assert!(!table_entry_valid(0x80001, cs));
+        assert!(!table_entry_valid(0x80200, cs));
+        assert!(!table_entry_valid(2, cs));
+        assert!(!table_entry_valid(1 << 56, cs));
+        let b = bm("t");
+        let mut t = 0x80000u64.to_be_bytes().to_vec();
+        t.extend_from_slice(&0x80002u64.to_be_bytes());
+        let e = check_table(&b, &t, cs).unwrap_err().to_string();
+        assert!(
+            e.contains(
+                "Could not read bitmap_table table from image for bitmap 't': Invalid argument"
+            ),
+            "{e}"
+        );
+        assert!(check_table(&b, &t[..8], cs).is_ok());
     }
 
     #[test]

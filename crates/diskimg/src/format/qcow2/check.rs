@@ -37,8 +37,6 @@ const REFT_RESERVED_MASK: u64 = 0x1ff;
 const MAX_L1_ENTRIES: u64 = (32 << 20) / 8;
 /// Reserved bits of a bitmap table entry.
 const BME_RESERVED_MASK: u64 = 0xff00_0000_0000_01fe;
-/// Largest bitmap table QEMU accepts, in entries.
-const BME_MAX_TABLE_SIZE: u64 = 0x800_0000;
 /// L1 entries read at once.
 const L1_CHUNK: u64 = 1 << 16;
 
@@ -50,12 +48,12 @@ pub struct CheckSubject<'a> {
     pub header: &'a Header,
     /// The snapshot table entries.
     pub snapshots: &'a [Snapshot],
-    /// Bytes the snapshot table occupies.
-    pub snapshot_table_size: u64,
     /// The encryption header area, if any.
     pub crypto: Option<CryptoExt>,
     /// The bitmaps extension, if present and consistent.
     pub bitmaps: Option<BitmapsExt>,
+    /// (offset, entries) of every bitmap table in the bitmap directory.
+    pub bitmap_tables: Vec<(u64, u64)>,
     /// Guest data lives in an external data file (its clusters are not
     /// refcounted).
     pub has_data_file: bool,
@@ -77,9 +75,9 @@ struct ComputedRefcounts {
 
 impl ComputedRefcounts {
     fn get(&self, cluster: u64) -> u64 {
-        self.chunks
-            .get(&(cluster >> CHUNK_BITS))
-            .map_or(0, |c| u64::from(c[(cluster & ((1 << CHUNK_BITS) - 1)) as usize]))
+        self.chunks.get(&(cluster >> CHUNK_BITS)).map_or(0, |c| {
+            u64::from(c[(cluster & ((1 << CHUNK_BITS) - 1)) as usize])
+        })
     }
 
     /// Adds one reference; false when the refcount would overflow its width.
@@ -229,7 +227,8 @@ impl Checker<'_, '_> {
             }
             self.check_l1(sn.l1_table_offset, u64::from(sn.l1_size), false)?;
         }
-        self.inc_range(h.snapshots_offset, self.s.snapshot_table_size);
+        let table_size = self.snapshot_table_size()?;
+        self.inc_range(h.snapshots_offset, table_size);
 
         self.inc_range(
             h.refcount_table_offset,
@@ -267,7 +266,7 @@ impl Checker<'_, '_> {
                 }
                 let l2_offset = entry & OFFSET_MASK;
                 self.inc_range(l2_offset, self.cluster_size);
-                if l2_offset % self.cluster_size != 0 {
+                if !l2_offset.is_multiple_of(self.cluster_size) {
                     self.say(&format!(
                         "ERROR l2_offset={l2_offset:x}: Table is not cluster aligned; L1 entry corrupted"
                     ));
@@ -342,14 +341,18 @@ impl Checker<'_, '_> {
                         ));
                         self.report.corruptions += 1;
                     }
-                    if offset % self.cluster_size != 0 {
+                    if !offset.is_multiple_of(self.cluster_size) {
                         self.report.corruptions += 1;
                         let contains_data = if extended {
                             bitmap & L2_BITMAP_ALL_ALLOC != 0
                         } else {
                             entry & OFLAG_ZERO == 0
                         };
-                        let what = if contains_data { "Data" } else { "Preallocated" };
+                        let what = if contains_data {
+                            "Data"
+                        } else {
+                            "Preallocated"
+                        };
                         self.say(&format!(
                             "ERROR offset={offset:x}: {what} cluster is not properly aligned; L2 entry corrupted."
                         ));
@@ -368,7 +371,9 @@ impl Checker<'_, '_> {
                 ClusterType::ZeroPlain => {}
                 ClusterType::Unallocated => {
                     if bitmap & L2_BITMAP_ALL_ALLOC != 0 {
-                        self.say("ERROR: Unallocated cluster has non-zero subcluster allocation map");
+                        self.say(
+                            "ERROR: Unallocated cluster has non-zero subcluster allocation map",
+                        );
                         self.report.corruptions += 1;
                     }
                 }
@@ -383,13 +388,7 @@ impl Checker<'_, '_> {
             return Ok(());
         };
         self.inc_range(ext.directory_offset, ext.directory_size);
-        let tables = match self.bitmap_tables(ext)? {
-            Some(t) => t,
-            None => {
-                self.report.corruptions += 1;
-                return Ok(());
-            }
-        };
+        let tables = self.s.bitmap_tables.clone();
         for (table_offset, table_size) in tables {
             self.inc_range(table_offset, table_size * 8);
             let table = self.read_u64s(table_offset, table_size, 8)?;
@@ -397,7 +396,8 @@ impl Checker<'_, '_> {
                 let entry = u64::from_be_bytes(e.try_into().unwrap_or([0; 8]));
                 let offset = entry & OFFSET_MASK;
                 let bad = entry & BME_RESERVED_MASK != 0
-                    || (offset != 0 && (entry & 1 != 0 || offset % self.cluster_size != 0));
+                    || (offset != 0
+                        && (entry & 1 != 0 || !offset.is_multiple_of(self.cluster_size)));
                 if bad {
                     self.report.corruptions += 1;
                     continue;
@@ -410,34 +410,23 @@ impl Checker<'_, '_> {
         Ok(())
     }
 
-    /// The (offset, entries) of every bitmap table in the directory, or
-    /// `None` when the directory cannot be walked.
-    fn bitmap_tables(&self, ext: BitmapsExt) -> Result<Option<Vec<(u64, u64)>>> {
-        if ext.directory_size > super::extensions::MAX_BITMAP_DIRECTORY_SIZE {
-            return Ok(None);
+    /// Bytes the snapshot table occupies, as QEMU counts them: from its
+    /// start to the end of the last entry's name (entries start 8-aligned).
+    fn snapshot_table_size(&self) -> Result<u64> {
+        let h = self.s.header;
+        let mut off = h.snapshots_offset;
+        for _ in 0..self.s.snapshots.len() {
+            off = off.div_ceil(8) * 8;
+            let mut fixed = [0u8; 40];
+            self.s.storage.read_at(&mut fixed, off)?;
+            let extra = u64::from(u32::from_be_bytes([
+                fixed[36], fixed[37], fixed[38], fixed[39],
+            ]));
+            let id = u64::from(u16::from_be_bytes([fixed[12], fixed[13]]));
+            let name = u64::from(u16::from_be_bytes([fixed[14], fixed[15]]));
+            off += 40 + extra + id + name;
         }
-        let dir = self.read_u64s(ext.directory_offset, ext.directory_size, 1)?;
-        let mut tables = Vec::new();
-        let mut pos = 0usize;
-        while pos < dir.len() {
-            let Some(head) = dir.get(pos..pos + 24) else {
-                return Ok(None);
-            };
-            let table_offset = u64::from_be_bytes(head[0..8].try_into().unwrap_or([0; 8]));
-            let table_size = u64::from(u32::from_be_bytes(head[8..12].try_into().unwrap_or([0; 4])));
-            let name_size = usize::from(u16::from_be_bytes([head[18], head[19]]));
-            let extra = u32::from_be_bytes(head[20..24].try_into().unwrap_or([0; 4])) as usize;
-            if table_size == 0 || table_size > BME_MAX_TABLE_SIZE || table_offset % self.cluster_size != 0 {
-                return Ok(None);
-            }
-            tables.push((table_offset, table_size));
-            let len = 24 + extra + name_size;
-            pos += len.div_ceil(8) * 8;
-        }
-        if tables.len() != ext.nb_bitmaps as usize {
-            return Ok(None);
-        }
-        Ok(Some(tables))
+        Ok(off - h.snapshots_offset)
     }
 
     /// Checks the refcount table's entries and counts the refcount blocks.
@@ -454,7 +443,7 @@ impl Checker<'_, '_> {
                 continue;
             }
             // Whole clusters only: REFT_OFFSET_MASK already cleared bits 0..8.
-            if offset % self.cluster_size != 0 {
+            if !offset.is_multiple_of(self.cluster_size) {
                 self.say(&format!(
                     "ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted"
                 ));
@@ -491,7 +480,7 @@ impl Checker<'_, '_> {
         if offset == 0 {
             return Ok(0);
         }
-        if offset % self.cluster_size != 0 {
+        if !offset.is_multiple_of(self.cluster_size) {
             return Err("Input/output error".into());
         }
         let hit = matches!(&self.refblock_cache, Some((o, _)) if *o == offset);
@@ -503,8 +492,16 @@ impl Checker<'_, '_> {
                 .map_err(|e| e.to_string())?;
             self.refblock_cache = Some((offset, b));
         }
-        let block = self.refblock_cache.as_ref().map(|(_, b)| b.as_slice()).unwrap_or(&[]);
-        Ok(block_entry(block, cluster & ((1 << block_bits) - 1), h.refcount_order))
+        let block = self
+            .refblock_cache
+            .as_ref()
+            .map(|(_, b)| b.as_slice())
+            .unwrap_or(&[]);
+        Ok(block_entry(
+            block,
+            cluster & ((1 << block_bits) - 1),
+            h.refcount_order,
+        ))
     }
 
     /// Compares computed and on-disk refcounts; returns the highest cluster
@@ -546,7 +543,11 @@ impl Checker<'_, '_> {
                     highest = i;
                 }
                 if on_disk != computed {
-                    let what = if on_disk < computed { "ERROR" } else { "Leaked" };
+                    let what = if on_disk < computed {
+                        "ERROR"
+                    } else {
+                        "Leaked"
+                    };
                     self.say(&format!(
                         "{what} cluster {i} refcount={on_disk} reference={computed}"
                     ));
@@ -588,7 +589,8 @@ impl Checker<'_, '_> {
                         self.report.corruptions += 1;
                     }
                 }
-                let table = self.read_u64s(l2_offset, self.cluster_size / entry_size, entry_size)?;
+                let table =
+                    self.read_u64s(l2_offset, self.cluster_size / entry_size, entry_size)?;
                 for e in table.chunks_exact(entry_size as usize) {
                     let entry = u64::from_be_bytes(e[..8].try_into().unwrap_or([0; 8]));
                     let ty = cluster_type(entry, extended, self.s.has_data_file);

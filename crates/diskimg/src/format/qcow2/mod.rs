@@ -14,6 +14,7 @@
 //! file, the table offset and the index, never a panic.
 
 pub mod bitmaps;
+pub mod check;
 pub mod compressed;
 pub mod extensions;
 pub mod header;
@@ -36,7 +37,8 @@ use self::l2_entry::{SubclusterType, OFFSET_MASK};
 use self::snapshot::Snapshot;
 use super::mapped::{self, Mapper, Mapping};
 use super::{
-    BackingLink, BlockDevice, BlockStatus, FormatSpecific, ImageInfo, Layer, Qcow2Specific,
+    BackingLink, BlockDevice, BlockStatus, CheckReport, FormatSpecific, ImageInfo, Layer,
+    Qcow2Specific, RepairMode,
 };
 use crate::io::{FileStorage, HostExtent, OpenMode, Storage};
 use crate::{Error, ErrorKind, OpenOptions, Result, DEFAULT_L2_CACHE_MAX};
@@ -73,6 +75,33 @@ fn read_vec(storage: &dyn Storage, offset: u64, len: u64) -> Result<Vec<u8>> {
     let mut v = vec![0u8; n];
     storage.read_at(&mut v, offset)?;
     Ok(v)
+}
+
+/// Bitmap table bytes read at open, at most; QEMU reads every table (and
+/// every bitmap) at open, which a hostile directory could make enormous.
+const BITMAP_TABLE_BUDGET: u64 = 256 << 20;
+
+/// Checks the tables of `list` as QEMU does when it loads bitmaps at open.
+/// Only bytes inside the file are read (past its end entries are zero, which
+/// is valid), and at most [`BITMAP_TABLE_BUDGET`] bytes in all; tables past
+/// the budget are not checked.
+fn check_bitmap_tables(storage: &dyn Storage, list: &[Bitmap], cluster_size: u64) -> Result<()> {
+    let file_len = storage.len()?;
+    let mut budget = BITMAP_TABLE_BUDGET;
+    for b in list {
+        let bytes = u64::from(b.table_size) * 8;
+        let in_file = file_len.saturating_sub(b.table_offset).min(bytes);
+        if in_file == 0 {
+            continue;
+        }
+        if in_file > budget {
+            break;
+        }
+        budget -= in_file;
+        let table = read_vec(storage, b.table_offset, in_file)?;
+        bitmaps::check_table(b, &table, cluster_size)?;
+    }
+    Ok(())
 }
 
 impl Qcow2 {
@@ -160,11 +189,18 @@ impl Qcow2 {
                 }
             };
             if opts.open_data_file {
+                // The name comes from an untrusted image (CVE-2024-4467):
+                // only a local file name, never a protocol or json: spec.
+                if let Some(colon) = df.find(':') {
+                    if !df[..colon].contains('/') {
+                        return Err(Error::unsupported(format!(
+                            "the external data file name '{df}' names a protocol or a json: specification; diskimg opens only local files"
+                        )))
+                        .map_err(&wrap);
+                    }
+                }
                 let p = crate::chain::resolve_backing_path(path, &df).map_err(&wrap)?;
-                Arc::new(
-                    FileStorage::open(&p, OpenMode::ReadOnly)
-                        .map_err(|e| e.context(format!("Could not open data file of '{name}'")))?,
-                )
+                Arc::new(FileStorage::open(&p, OpenMode::ReadOnly).map_err(&wrap)?)
             } else {
                 Arc::new(UnopenedDataFile {
                     name: df,
@@ -210,10 +246,12 @@ impl Qcow2 {
             Some(b) => {
                 let dir = read_vec(storage.as_ref(), b.directory_offset, b.directory_size)
                     .map_err(&wrap)?;
-                Some(
+                let list =
                     bitmaps::parse_directory(&dir, b, header.cluster_size(), header.size & !511)
-                        .map_err(&wrap)?,
-                )
+                        .map_err(&wrap)?;
+                check_bitmap_tables(storage.as_ref(), &list, header.cluster_size())
+                    .map_err(&wrap)?;
+                Some(list)
             }
             None => None,
         };
@@ -634,11 +672,42 @@ impl BlockDevice for Qcow2 {
     }
 
     fn data_storage(&self) -> &Arc<dyn Storage> {
-        Mapper::data_storage(self)
+        &self.data
     }
 
     fn backing(&self) -> Option<&Arc<dyn BlockDevice>> {
         self.backing.as_ref()
+    }
+
+    fn check(&self, repair: RepairMode, diagnostic: &mut dyn FnMut(&str)) -> Result<CheckReport> {
+        if repair != RepairMode::None {
+            return Err(Error::unsupported(
+                "repairing qcow2 images (check -r) is not implemented yet",
+            ));
+        }
+        // An open for check does not read the snapshot table (QEMU's
+        // BDRV_O_CHECK); the check reads it here, and a table that cannot be
+        // read ends the check.
+        let snapshots = if self.snapshots.is_empty() && self.header.nb_snapshots > 0 {
+            snapshot::read_snapshots(self.storage.as_ref(), &self.header)?
+        } else {
+            self.snapshots.clone()
+        };
+        let subject = check::CheckSubject {
+            storage: self.storage.as_ref(),
+            header: &self.header,
+            snapshots: &snapshots,
+            crypto: self.ext.crypto,
+            bitmaps: self.ext.bitmaps,
+            bitmap_tables: self
+                .bitmaps
+                .iter()
+                .flatten()
+                .map(|b| (b.table_offset, u64::from(b.table_size)))
+                .collect(),
+            has_data_file: self.has_data_file,
+        };
+        check::check(&subject, diagnostic)
     }
 }
 

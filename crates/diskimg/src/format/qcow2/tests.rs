@@ -554,3 +554,40 @@ fn backing_file_name_limits() {
     // An empty name is no backing file.
     assert_eq!(name(0, 512).unwrap(), None);
 }
+
+#[test]
+fn data_file_names_from_the_image_are_local_files_only() {
+    let cs = 1u64 << 16;
+    for (name, ok_info_only) in [("json:{\"driver\":\"file\"}", true), ("nbd://h/x", true)] {
+        let mut b = Builder::new(16, 3, false, 16 * cs);
+        b.h.incompatible_features = super::header::INCOMPAT_DATA_FILE;
+        let ext = super::extensions::encode(super::extensions::EXT_DATA_FILE, name.as_bytes());
+        let b = b.bytes(112, ext);
+        let e = b.open_with(&OpenOptions::default()).err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+        assert!(e.to_string().contains("external data file name"), "{e}");
+        let info_only = OpenOptions {
+            open_data_file: false,
+            ..OpenOptions::default()
+        };
+        assert_eq!(b.open_with(&info_only).is_ok(), ok_info_only);
+    }
+}
+
+#[test]
+fn block_device_data_storage_is_the_data_file() {
+    let q = Builder::new(16, 3, false, 1 << 20).open();
+    assert_eq!(BlockDevice::data_storage(&q).name(), "m.qcow2");
+    let mut b = Builder::new(16, 3, false, 1 << 20);
+    b.h.incompatible_features = super::header::INCOMPAT_DATA_FILE;
+    let b = b.bytes(
+        112,
+        super::extensions::encode(super::extensions::EXT_DATA_FILE, b"d.raw"),
+    );
+    let info_only = OpenOptions {
+        open_data_file: false,
+        ..OpenOptions::default()
+    };
+    let q = b.open_with(&info_only).unwrap();
+    assert_eq!(BlockDevice::data_storage(&q).name(), "d.raw");
+}

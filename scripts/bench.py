@@ -1,0 +1,313 @@
+#!/usr/bin/env python3
+"""Benchmark diskimg against qemu-img on the same workloads, side by side.
+
+Builds the workload images with qemu-img/qemu-io in a work directory, builds
+diskimg in release mode (unless --diskimg is given), then runs diskimg and
+qemu-img alternately for N rounds and prints, per workload, the median wall
+time of each, the ratio diskimg/qemu-img and the peak RSS of each. Outputs are
+checked once per workload (diskimg's must equal qemu-img's); a failing or
+wrong diskimg is reported in the table instead of crashing the script.
+
+See scripts/README.md.
+"""
+
+import argparse
+import os
+import random
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MIB = 1 << 20
+GIB = 1 << 30
+
+
+def log(msg):
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def need(tool):
+    path = shutil.which(tool)
+    if not path:
+        sys.exit(f"bench: {tool} is not installed (QEMU's tools are the reference); install qemu-utils")
+    return path
+
+
+def run(args, **kw):
+    """Runs a build step; fails loudly."""
+    r = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    if r.returncode != 0:
+        sys.exit(f"bench: `{' '.join(args[:6])} ...` failed (rc {r.returncode}): {r.stderr.decode(errors='replace')[:2000]}")
+    return r
+
+
+def qemu_io(img, fmt, cmds, batch=4000):
+    """Runs qemu-io commands in batches (cache=unsafe: no flush per allocation)."""
+    for i in range(0, len(cmds), batch):
+        args = ["qemu-io", "-t", "unsafe", "-f", fmt]
+        for c in cmds[i:i + batch]:
+            args += ["-c", c]
+        args.append(img)
+        r = run(args)
+        out = r.stdout.decode(errors="replace") + r.stderr.decode(errors="replace")
+        if "error" in out or "failed" in out:
+            sys.exit(f"bench: qemu-io reported an error: {out[:2000]}")
+
+
+# --- workload builders -------------------------------------------------------------------
+
+def build_scattered(path, size, seed):
+    """(a) qcow2, 64 KiB clusters: ~40% data in 1-4 MiB extents at random
+    places, ~5% zero clusters (write -z), the rest unallocated."""
+    run(["qemu-img", "create", "-q", "-f", "qcow2", path, str(size)])
+    r = random.Random(seed)
+    cmds = []
+    pos = 0
+    while pos < size:
+        length = min(r.randint(16, 64) * 65536, size - pos)  # 1-4 MiB
+        x = r.random()
+        if x < 0.40:
+            cmds.append(f"write -q -P {r.randint(1, 255)} {pos} {length}")
+        elif x < 0.45:
+            cmds.append(f"write -q -z {pos} {length}")
+        pos += length
+    qemu_io(path, "qcow2", cmds, batch=500)
+
+
+def text_block(r, size):
+    """Text-like, compressible bytes (random words from a random vocabulary)."""
+    letters = "etaoinshrdlucmfwypvbgkjqxz"
+    vocab = ["".join(r.choice(letters) for _ in range(r.randint(2, 10))) for _ in range(3000)]
+    words = []
+    n = 0
+    while n < size:
+        w = r.choice(vocab)
+        sep = "\n" if r.random() < 0.08 else " "
+        words.append(w + sep)
+        n += len(w) + 1
+    return "".join(words).encode()[:size]
+
+
+def build_compressed(path, size, ctype, seed, raw_cache):
+    """(b) qcow2 written by `qemu-img convert -c` from text-like raw data."""
+    if not os.path.exists(raw_cache):
+        r = random.Random(seed)
+        block = text_block(r, 4 * MIB)
+        with open(raw_cache + ".tmp", "wb") as f:
+            for i in range(size // (4 * MIB)):
+                k = r.randrange(len(block))
+                chunk = block[k:] + block[:k]
+                f.write(b"block %08d\n" % i + chunk[15:])
+        os.rename(raw_cache + ".tmp", raw_cache)
+    run(["qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", "-o", f"compression_type={ctype}",
+         raw_cache, path])
+
+
+def build_many_clusters(path, size, clusters, seed):
+    """(c) a big sparse qcow2 with 4 KiB clusters and `clusters` scattered
+    allocated clusters, each written with one 4 KiB qemu-io write."""
+    run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", path, str(size)])
+    r = random.Random(seed)
+    chosen = set()
+    total = size // 4096
+    while len(chosen) < clusters:
+        chosen.add(r.randrange(total))
+    cmds = [f"write -q -P {c % 255 + 1} {c * 4096} 4096" for c in sorted(chosen)]
+    r.shuffle(cmds)
+    qemu_io(path, "qcow2", cmds, batch=5000)
+
+
+# --- measurement -------------------------------------------------------------------------
+
+TIME = shutil.which("time") and os.path.exists("/usr/bin/time") and "/usr/bin/time"
+
+
+def measure(argv, cwd, stdout_path=None):
+    """Runs argv once; returns (rc, wall seconds, peak RSS KiB or None, stderr)."""
+    rss_file = os.path.join(cwd, ".rss")
+    full = [TIME, "-f", "%M", "-o", rss_file] + argv if TIME else argv
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    out = open(stdout_path, "wb") if stdout_path else subprocess.DEVNULL
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(full, cwd=cwd, stdout=out, stderr=subprocess.PIPE)
+    finally:
+        if stdout_path:
+            out.close()
+    wall = time.perf_counter() - t0
+    rss = None
+    if TIME:
+        try:
+            with open(rss_file) as f:
+                rss = int(f.read().strip().splitlines()[-1])
+        except (OSError, ValueError, IndexError):
+            rss = None
+    else:
+        # ru_maxrss of all children so far: only meaningful when it grew.
+        after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        rss = after if after > before else None
+    err = p.stderr.decode(errors="replace")
+    if TIME and p.returncode != 0:
+        # /usr/bin/time prints "Command exited with non-zero status N" into -o; keep stderr clean.
+        pass
+    return p.returncode, wall, rss, err
+
+
+def same_file(a, b):
+    return subprocess.run(["cmp", "-s", a, b]).returncode == 0
+
+
+class Workload:
+    def __init__(self, name, desc, args, output=None, stdout=False):
+        self.name = name
+        self.desc = desc
+        self.args = args          # argv after the program name; "{out}" = output path
+        self.output = output      # output file name pattern (convert)
+        self.stdout = stdout      # compare stdout (map)
+
+
+def bench(work, diskimg, qemu_img, rounds):
+    w, d, q = work, diskimg, qemu_img
+    res = {"diskimg": [], "qemu-img": [], "rss_d": [], "rss_q": [], "status": "ok"}
+    cwd = args_dir
+    for rnd in range(rounds):
+        # Alternate who goes first so caches favour neither.
+        order = [("qemu-img", q), ("diskimg", d)] if rnd % 2 == 0 else [("diskimg", d), ("qemu-img", q)]
+        for who, prog in order:
+            out = os.path.join(cwd, f"out.{who}") if w.output else None
+            argv = [prog] + [a.replace("{out}", out or "") for a in w.args]
+            sout = os.path.join(cwd, f"stdout.{who}") if w.stdout else None
+            if out and os.path.exists(out):
+                os.remove(out)
+            rc, wall, rss, err = measure(argv, cwd, sout)
+            if rc != 0:
+                if who == "qemu-img":
+                    sys.exit(f"bench: qemu-img failed on {w.name} (rc {rc}): {err[:1000]}")
+                first = (err.strip().splitlines() or [""])[0]
+                res["status"] = f"diskimg FAILED rc {rc}: {first[:120]}"
+                continue
+            res[who].append(wall)
+            if rss is not None:
+                res["rss_d" if who == "diskimg" else "rss_q"].append(rss)
+        if res["status"] != "ok":
+            break
+        if rnd == 0:
+            # Check the answer once: diskimg must produce qemu-img's output.
+            if w.output and not same_file(os.path.join(cwd, "out.qemu-img"), os.path.join(cwd, "out.diskimg")):
+                res["status"] = "diskimg output DIFFERS from qemu-img's"
+            if w.stdout and not same_file(os.path.join(cwd, "stdout.qemu-img"), os.path.join(cwd, "stdout.diskimg")):
+                res["status"] = "diskimg stdout DIFFERS from qemu-img's"
+        for who in ("qemu-img", "diskimg"):
+            for f in (f"out.{who}",):
+                p = os.path.join(cwd, f)
+                if os.path.exists(p):
+                    os.remove(p)
+    return res
+
+
+def fmt_s(v):
+    return f"{v:.3f}" if v is not None else "-"
+
+
+def fmt_rss(v):
+    return f"{max(v) / 1024:.1f}" if v else "-"
+
+
+def main():
+    global args_dir
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", default=os.environ.get("DISKIMG_BENCH_DIR", "/tmp/diskimg-bench"))
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (images are reused next time)")
+    ap.add_argument("--diskimg", help="use this diskimg binary instead of building target/release/diskimg")
+    ap.add_argument("--only", help="comma-separated workloads: a,b,c (default all)")
+    ap.add_argument("--quick", action="store_true", help="1/16 sizes, to check the script itself")
+    args = ap.parse_args()
+
+    for t in ("qemu-img", "qemu-io", "cmp"):
+        need(t)
+    qemu_img = shutil.which("qemu-img")
+    scale = 16 if args.quick else 1
+    only = set((args.only or "a,b,c").split(","))
+
+    if args.diskimg:
+        diskimg = os.path.abspath(args.diskimg)
+    else:
+        log("building diskimg (cargo build --release -p diskimg-cli)")
+        r = subprocess.run(["cargo", "build", "--release", "-p", "diskimg-cli"], cwd=ROOT)
+        if r.returncode != 0:
+            sys.exit("bench: cargo build --release failed")
+        diskimg = os.path.join(ROOT, "target", "release", "diskimg")
+
+    work = os.path.abspath(args.workdir)
+    os.makedirs(work, exist_ok=True)
+    args_dir = work
+    tag = "quick" if args.quick else "full"
+
+    def ready(name, builder):
+        path = os.path.join(work, f"{name}.{tag}.qcow2")
+        if not os.path.exists(path + ".done"):
+            log(f"building {os.path.basename(path)}")
+            t0 = time.time()
+            if os.path.exists(path):
+                os.remove(path)
+            builder(path)
+            open(path + ".done", "w").close()
+            log(f"  built in {time.time() - t0:.1f} s, {os.path.getsize(path) / MIB:.0f} MiB file")
+        return path
+
+    loads = []
+    if "a" in only:
+        p = ready("scattered-4g", lambda p: build_scattered(p, 4 * GIB // scale, 1))
+        loads.append(Workload("a convert 4G scattered", "", ["convert", "-m", "16", "-W", "-O", "raw", p, "{out}"], output=True))
+    if "b" in only:
+        raw = os.path.join(work, f"text-1g.{tag}.raw")
+        for ct in ("zlib", "zstd"):
+            p = ready(f"compressed-1g-{ct}", lambda p, ct=ct: build_compressed(p, GIB // scale, ct, 2, raw))
+            loads.append(Workload(f"b convert 1G {ct}", "", ["convert", "-m", "16", "-W", "-O", "raw", p, "{out}"], output=True))
+        if os.path.exists(raw):
+            os.remove(raw)
+    if "c" in only:
+        p = ready("map-64g", lambda p: build_many_clusters(p, 64 * GIB // scale, 250_000 // scale, 3))
+        loads.append(Workload("c map 64G 250k clusters", "", ["map", "--output=json", p], stdout=True))
+
+    rows = []
+    for w in loads:
+        log(f"running {w.name} ({args.rounds} rounds)")
+        r = bench(w, diskimg, qemu_img, args.rounds)
+        md = statistics.median(r["diskimg"]) if r["diskimg"] else None
+        mq = statistics.median(r["qemu-img"]) if r["qemu-img"] else None
+        ratio = f"{md / mq:.2f}" if md and mq else "-"
+        rows.append((w.name, fmt_s(md), fmt_s(mq), ratio, fmt_rss(r["rss_d"]), fmt_rss(r["rss_q"]), r["status"]))
+        for f in ("stdout.diskimg", "stdout.qemu-img", ".rss"):
+            p = os.path.join(work, f)
+            if os.path.exists(p):
+                os.remove(p)
+
+    head = ("workload", "diskimg s", "qemu-img s", "ratio", "diskimg MiB", "qemu-img MiB", "status")
+    widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
+    line = lambda x: "  ".join(str(v).ljust(widths[i]) for i, v in enumerate(x))
+    print(f"diskimg: {diskimg}")
+    print(f"qemu-img: {subprocess.run([qemu_img, '--version'], stdout=subprocess.PIPE).stdout.decode().splitlines()[0]}")
+    print(f"rounds: {args.rounds} (median wall time; peak RSS = max over rounds; "
+          f"RSS via {'/usr/bin/time -f %M' if TIME else 'getrusage(RUSAGE_CHILDREN)'})")
+    print(line(head))
+    print(line(["-" * w for w in widths]))
+    for row in rows:
+        print(line(row))
+
+    if not args.keep:
+        log(f"removing {work} (use --keep to keep the images)")
+        shutil.rmtree(work, ignore_errors=True)
+    failed = [r for r in rows if r[-1] != "ok"]
+    return 1 if failed else 0
+
+
+args_dir = None
+
+if __name__ == "__main__":
+    sys.exit(main())
