@@ -378,3 +378,27 @@ fn several_sources_are_concatenated() {
     assert!(a == s.read("theirs.raw"));
     assert!(s.allocated("ours.raw") <= s.allocated("theirs.raw") + 4096);
 }
+
+#[test]
+fn info_of_an_aes_encrypted_image_equals_qemu_img() {
+    let s = Scratch::new();
+    qemu_img_ok(
+        &s,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "--object",
+            "secret,id=s0,data=abc",
+            "-o",
+            "encrypt.format=aes,encrypt.key-secret=s0",
+            "aes.qcow2",
+            "1M",
+        ],
+    );
+    let o = s.same(&["info", "--output=json", "aes.qcow2"]);
+    assert!(o.stdout.contains("\"encrypted\": true"), "{}", o.stdout);
+    let o = s.same(&["info", "aes.qcow2"]);
+    assert!(o.stdout.contains("encrypted: yes\n"), "{}", o.stdout);
+}
