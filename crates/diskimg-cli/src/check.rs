@@ -116,7 +116,7 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
             return 1;
         }
     };
-    let warn: diskimg::WarningSink = Arc::new(|msg: &str| eprintln!("{msg}"));
+    let warn: diskimg::WarningSink = Arc::new(crate::ctx::print_warning);
     let opts = OpenOptions {
         format,
         open_backing: false,

@@ -64,3 +64,19 @@ impl Ctx {
         }
     }
 }
+
+/// The program name of this run ("diskimg" or "qemu-img"), for messages
+/// printed where no [`Ctx`] is at hand (library warnings).
+static PROGRAM: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// Records the program name; the first call wins.
+pub fn set_program(prog: &'static str) {
+    let _ = PROGRAM.set(prog);
+}
+
+/// Prints a library warning as qemu-img prints warnings:
+/// `<prog>: warning: <first line>`, further lines as they are.
+pub fn print_warning(msg: &str) {
+    let prog = PROGRAM.get().copied().unwrap_or("diskimg");
+    eprintln!("{prog}: warning: {msg}");
+}

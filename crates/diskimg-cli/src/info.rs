@@ -442,9 +442,10 @@ fn snapshot_line(s: &QDict) -> String {
         secs % 60,
         nsec / 1_000_000
     );
+    // qemu-img shows "--" for a snapshot without a recorded icount.
     let icount = uint_of(s, "icount")
         .map(|i| i.to_string())
-        .unwrap_or_default();
+        .unwrap_or_else(|| "--".to_string());
     format!(
         "{:<7} {:<16} {:>8} {:>19} {:>15} {:>10}",
         str_of(s, "id").unwrap_or(""),

@@ -91,6 +91,12 @@ fn main() {
         .first()
         .map(|a| a.to_string_lossy().into_owned())
         .unwrap_or_else(|| "diskimg".to_string());
+    ctx::set_program(match persona {
+        Persona::Diskimg => "diskimg",
+        Persona::QemuImg => "qemu-img",
+        Persona::QemuIo => "qemu-io",
+        Persona::QemuNbd => "qemu-nbd",
+    });
     let ctx = |prog: &'static str| Ctx {
         prog,
         invoked: invoked.clone(),

@@ -30,7 +30,7 @@ pub fn open_image(
         ),
         None => None,
     };
-    let warn: diskimg::WarningSink = Arc::new(|msg: &str| eprintln!("{msg}"));
+    let warn: diskimg::WarningSink = Arc::new(crate::ctx::print_warning);
     let opts = OpenOptions {
         format,
         writable: false,

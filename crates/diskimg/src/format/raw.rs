@@ -13,9 +13,11 @@ pub struct Raw {
 }
 
 impl Raw {
-    /// Opens the raw image held in `storage`.
+    /// Opens the raw image held in `storage`. Its size is the file's,
+    /// rounded up to whole 512-byte sectors as QEMU does; the tail past the
+    /// end of the file reads as zeros.
     pub fn open(storage: Arc<dyn Storage>) -> Result<Self> {
-        let size = storage.len()?;
+        let size = storage.len()?.div_ceil(512) * 512;
         Ok(Raw { storage, size })
     }
 
@@ -116,11 +118,14 @@ mod tests {
 
     #[test]
     fn reads_what_the_file_holds_and_refuses_past_the_end() {
-        let s: Arc<dyn Storage> = Arc::new(MemoryStorage::from_bytes("r", vec![5u8; 1024]));
+        let s: Arc<dyn Storage> = Arc::new(MemoryStorage::from_bytes("r", vec![5u8; 1000]));
         let raw = Raw::open(s).unwrap();
         assert_eq!(raw.size(), 1024);
+        let mut tail = [9u8; 24];
+        raw.read_at(&mut tail, 1000).unwrap();
+        assert_eq!(tail, [0u8; 24]);
         let mut buf = [0u8; 16];
-        raw.read_at(&mut buf, 1000).unwrap();
+        raw.read_at(&mut buf, 900).unwrap();
         assert_eq!(buf, [5u8; 16]);
         assert!(raw.read_at(&mut buf, 1020).is_err());
     }

@@ -43,10 +43,9 @@ impl FileStorage {
             .metadata()
             .map_err(|e| Error::io(e, format!("Could not open '{name}'")))?;
         if meta.is_dir() {
-            return Err(Error::io(
-                io::Error::from_raw_os_error(libc::EISDIR),
-                format!("Could not open '{name}'"),
-            ));
+            return Err(Error::invalid_argument(format!(
+                "'file' driver requires '{name}' to be a regular file"
+            )));
         }
         Ok(FileStorage {
             name,
