@@ -41,6 +41,9 @@ pub struct OpenOptions {
     /// Open the backing chain. `info` without `--backing-chain` does not.
     pub open_backing: bool,
     /// Open external data files. `info` does not (as QEMU since CVE-2024-4467).
+    /// False also means no guest I/O is intended (QEMU's BDRV_O_NO_IO): an
+    /// image whose data cannot be read (encrypted, for one) still opens for
+    /// its metadata, and reads are refused.
     pub open_data_file: bool,
     /// Bytes of L2 tables to cache per qcow2 layer (QEMU's `l2-cache-size`);
     /// `None` for QEMU's default: enough to map the whole image, capped at

@@ -84,6 +84,8 @@ pub struct Qcow2Specific {
     pub compat: &'static str,
     /// "zlib" or "zstd".
     pub compression_type: &'static str,
+    /// The encryption format ("aes", "luks") of an encrypted image.
+    pub encrypt_format: Option<&'static str>,
     /// v3 only.
     pub lazy_refcounts: Option<bool>,
     /// Width of a refcount entry in bits.

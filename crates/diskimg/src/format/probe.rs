@@ -103,10 +103,14 @@ pub fn probe(storage: &dyn Storage) -> Result<Format> {
     storage.read_at(&mut head, 0)?;
     if &head[..4] == QCOW_MAGIC {
         let version = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+        // QEMU's probes: version 1 is the old qcow format, 2 and above
+        // qcow2; any other version matches neither, and the file is raw.
         if version >= 2 {
             return Ok(Format::Qcow2);
         }
-        return Err(foreign(storage, "qcow (version 1)"));
+        if version == 1 {
+            return Err(foreign(storage, "qcow (version 1)"));
+        }
     }
     if &head[..4] == QED_MAGIC {
         return Ok(Format::Qed);
@@ -154,6 +158,8 @@ mod tests {
         assert_eq!(probe_bytes(b"QFI\xfb\0\0\0\x03").unwrap(), Format::Qcow2);
         assert_eq!(probe_bytes(b"QFI\xfb\0\0\0\x02").unwrap(), Format::Qcow2);
         assert!(probe_bytes(b"QFI\xfb\0\0\0\x01").is_err());
+        assert_eq!(probe_bytes(b"QFI\xfb\0\0\0\0").unwrap(), Format::Raw);
+        assert_eq!(probe_bytes(b"QFI\xfb").unwrap(), Format::Raw);
         assert_eq!(probe_bytes(b"QED\0").unwrap(), Format::Qed);
         assert_eq!(probe_bytes(b"ADD_COW\xff").unwrap(), Format::AddCow);
         assert_eq!(probe_bytes(b"").unwrap(), Format::Raw);

@@ -61,6 +61,9 @@ pub struct Qcow2 {
     bitmaps: Option<Vec<Bitmap>>,
     backing: Option<Arc<dyn BlockDevice>>,
     metadata_prealloc: OnceLock<bool>,
+    /// Why guest I/O is refused on an image opened for metadata only
+    /// (encrypted, or data-file-raw without a data file), if it is.
+    io_refusal: Option<String>,
     id: u64,
 }
 
@@ -138,17 +141,27 @@ impl Qcow2 {
             .map_err(&wrap);
         }
         header.validate_layout_for(opts.for_check).map_err(&wrap)?;
+        // Guest I/O through an encrypted image needs its key, which diskimg
+        // cannot use: like qemu-img, an open for metadata only (info) works
+        // for AES images, and any I/O is refused. LUKS images are refused
+        // outright: their `info` lists the LUKS header, which diskimg does
+        // not decode.
+        let no_io = !opts.open_data_file;
+        let mut io_refusal = None;
         if header.crypt_method != 0 {
             let method = if header.crypt_method == 1 {
                 "AES"
             } else {
                 "LUKS"
             };
-            return Err(Error::unsupported(format!(
+            let msg = format!(
                 "qcow2 encryption is not supported (crypt_method {} = {method}, qcow2 header field at offset 32)",
                 header.crypt_method
-            )))
-            .map_err(&wrap);
+            );
+            if header.crypt_method != 1 || !no_io {
+                return Err(Error::unsupported(msg)).map_err(&wrap);
+            }
+            io_refusal = Some(format!("Could not read '{name}': {msg}"));
         }
 
         let l1_bytes = read_vec(
@@ -209,10 +222,12 @@ impl Qcow2 {
             }
         } else {
             if header.autoclear_features & header::AUTOCLEAR_DATA_FILE_RAW != 0 {
-                return Err(Error::invalid(
-                    "data-file-raw requires a data file (autoclear feature bit 1 is set without incompatible bit 2)",
-                ))
-                .map_err(&wrap);
+                let msg = "data-file-raw requires a data file (autoclear feature bit 1 is set without incompatible bit 2)";
+                // As QEMU, only an open for I/O refuses it.
+                if !no_io {
+                    return Err(Error::invalid(msg)).map_err(&wrap);
+                }
+                io_refusal.get_or_insert(format!("Could not read '{name}': {msg}"));
             }
             storage.clone()
         };
@@ -276,6 +291,7 @@ impl Qcow2 {
             bitmaps,
             backing: None,
             metadata_prealloc: OnceLock::new(),
+            io_refusal,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         })
     }
@@ -545,6 +561,9 @@ impl Mapper for Qcow2 {
     }
 
     fn map(&self, offset: u64, max_len: u64) -> Result<(Mapping, u64)> {
+        if let Some(why) = &self.io_refusal {
+            return Err(Error::unsupported(why.clone()));
+        }
         let end = offset.saturating_add(max_len.max(1)).min(self.disk_size());
         if offset >= end {
             return Err(Error::invalid_argument(format!(
@@ -637,6 +656,11 @@ impl BlockDevice for Qcow2 {
         let v3 = h.version >= 3;
         let specific = Qcow2Specific {
             compat: if v3 { "1.1" } else { "0.10" },
+            encrypt_format: match h.crypt_method {
+                1 => Some("aes"),
+                2 => Some("luks"),
+                _ => None,
+            },
             compression_type: h.compression_type.name(),
             lazy_refcounts: v3
                 .then_some(h.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0),

@@ -72,6 +72,12 @@ fn be64(b: &[u8], o: usize) -> u64 {
     u64::from_be_bytes(x)
 }
 
+/// A name as QEMU sees it: a C string, ending at the first NUL byte.
+fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
 /// Reads the snapshot table of the image in `storage`.
 pub fn read_snapshots(storage: &dyn Storage, h: &Header) -> Result<Vec<Snapshot>> {
     let name = storage.name();
@@ -122,8 +128,8 @@ pub fn read_snapshots(storage: &dyn Storage, h: &Header) -> Result<Vec<Snapshot>
         out.push(Snapshot {
             l1_table_offset: be64(&fixed, 0),
             l1_size: be32(&fixed, 8),
-            id: String::from_utf8_lossy(&strings[..id_len]).into_owned(),
-            name: String::from_utf8_lossy(&strings[id_len..]).into_owned(),
+            id: c_string(&strings[..id_len]),
+            name: c_string(&strings[id_len..]),
             date_sec: be32(&fixed, 16),
             date_nsec: be32(&fixed, 20),
             vm_clock_nsec: be64(&fixed, 24),
