@@ -2,8 +2,12 @@
 
 use std::ffi::OsString;
 use std::path::Path;
+use std::sync::Arc;
+
+use diskimg::BlockDevice;
 
 use diskimg::io::{FileStorage, OpenMode, Storage};
+use diskimg::ops::concat::Concat;
 use diskimg::ops::convert::{convert, ConvertOptions, MAX_WORKERS};
 
 use crate::args::{self, Parsed};
@@ -247,12 +251,6 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
     }
     let (srcs, dst) = files.split_at(files.len() - 1);
     let dst = &dst[0];
-    if srcs.len() > 1 {
-        ctx.error(
-            "converting several source images into one target is not implemented in diskimg yet",
-        );
-        return 1;
-    }
     if m.get_flag("image-opts") {
         ctx.error(format!(
             "Could not open '{}': --image-opts is not supported by diskimg",
@@ -264,15 +262,44 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
         backing: true,
         data_file: true,
     };
-    let src = match open_image(&srcs[0], args::get_str(&m, "source-format"), how) {
-        Ok(d) => d,
-        Err(msg) => {
-            ctx.error(msg);
-            return 1;
+    // Several sources are read back to back as one image.
+    let mut opened = Vec::with_capacity(srcs.len());
+    for s in srcs {
+        match open_image(s, args::get_str(&m, "source-format"), how) {
+            Ok(d) => opened.push(d),
+            Err(msg) => {
+                ctx.error(msg);
+                return 1;
+            }
+        }
+    }
+    let in_source = opened.iter().any(|d| target_in_source(d, Path::new(dst)));
+    let src: Arc<dyn BlockDevice> = if opened.len() == 1 {
+        opened.remove(0)
+    } else {
+        match Concat::new(opened) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                ctx.error(e.message());
+                return 1;
+            }
         }
     };
     let size = src.size();
     let dst_name = dst.to_string_lossy().into_owned();
+    // QEMU's image locks refuse a target that is one of the source's files;
+    // diskimg checks it explicitly, before truncating anything.
+    if in_source {
+        let lock = format!(
+            "Failed to get \"write\" lock\nIs another process using the image [{dst_name}]?"
+        );
+        if no_create {
+            ctx.error(format!("Could not open '{dst_name}': {lock}"));
+        } else {
+            ctx.error(format!("{dst_name}: error while converting raw: {lock}"));
+        }
+        return 1;
+    }
     let (target, created): (FileStorage, bool) = if no_create {
         match FileStorage::open(Path::new(dst), OpenMode::ReadWrite) {
             Ok(t) => {
@@ -344,7 +371,7 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
             if created {
                 remove_partial(Path::new(dst));
             }
-            ctx.error(format!("error while converting: {}", e.message()));
+            ctx.error(e.message());
             1
         }
     }
@@ -356,4 +383,23 @@ fn remove_partial(path: &Path) {
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
         let _ = std::fs::remove_file(path);
     }
+}
+
+/// Whether `target` is a file of the source chain (an image or data file).
+fn target_in_source(src: &Arc<dyn BlockDevice>, target: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(t) = std::fs::metadata(target) else {
+        return false;
+    };
+    let same = |name: &str| {
+        std::fs::metadata(name).is_ok_and(|m| m.dev() == t.dev() && m.ino() == t.ino())
+    };
+    let mut cur = Some(src.clone());
+    while let Some(dev) = cur {
+        if same(dev.storage().name()) || same(dev.data_storage().name()) {
+            return true;
+        }
+        cur = dev.backing().cloned();
+    }
+    false
 }

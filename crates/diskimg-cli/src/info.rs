@@ -276,6 +276,13 @@ fn specific_dict(spec: &FormatSpecific) -> QDict {
                 data.put_bool("corrupt", c);
             }
             data.put_uint("refcount-bits", q.refcount_bits as u64);
+            if let Some(fmt) = q.encrypt_format {
+                // Only the format is known without the key; QEMU prints
+                // LUKS header details here too, which diskimg does not read.
+                let mut enc = QDict::new();
+                enc.put_str("format", fmt);
+                data.put("encrypt", QValue::Dict(enc));
+            }
             if let Some(bitmaps) = &q.bitmaps {
                 let list = bitmaps
                     .iter()

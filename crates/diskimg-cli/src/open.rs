@@ -3,7 +3,7 @@
 use std::ffi::OsStr;
 use std::sync::Arc;
 
-use diskimg::{BlockDevice, Format, OpenOptions};
+use diskimg::{BlockDevice, ErrorKind, Format, OpenOptions};
 
 /// How a command opens an image.
 #[derive(Debug, Clone, Copy)]
@@ -41,8 +41,20 @@ pub fn open_image(
     };
     diskimg::open(path, &opts).map_err(|e| {
         let m = e.message();
-        // The library already names the file in its open errors; qemu-img
-        // puts its own "Could not open" in front of the driver's message.
-        format!("Could not open '{shown}': {m}")
+        // qemu-img puts "Could not open 'F': " before the driver's message.
+        // An OS error opening the file already carries the same words and
+        // qemu-img repeats them (`Could not open 'x': Could not open 'x':
+        // No such file or directory`); a format driver's message that
+        // already starts with them is shown once, as qemu-img shows it.
+        let prefix = format!("Could not open '{shown}': ");
+        let os_error = matches!(
+            e.kind(),
+            ErrorKind::NotFound | ErrorKind::PermissionDenied | ErrorKind::Io
+        );
+        if m.starts_with(&prefix) && !os_error {
+            m.to_string()
+        } else {
+            format!("{prefix}{m}")
+        }
     })
 }

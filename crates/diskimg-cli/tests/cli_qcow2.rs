@@ -266,3 +266,139 @@ fn broken_chains_report_as_qemu_img() {
     assert_eq!(o.rc, 1);
     assert!(o.stderr.contains("loop"), "{}", o.stderr);
 }
+
+/// Sets reserved bits in the L2 entry of the cluster at guest offset 32 MiB,
+/// so that reading its status fails half-way through the image.
+fn corrupt_l2_entry(s: &Scratch, name: &str) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(s.path(name))
+        .unwrap();
+    let mut b = [0u8; 8];
+    f.read_exact_at(&mut b, 40).unwrap();
+    let l1 = u64::from_be_bytes(b);
+    f.read_exact_at(&mut b, l1).unwrap();
+    let l2 = u64::from_be_bytes(b) & 0x00ff_ffff_ffff_fe00;
+    let at = l2 + ((32 << 20) / 65536) * 8;
+    f.read_exact_at(&mut b, at).unwrap();
+    let entry = u64::from_be_bytes(b) | 0x200;
+    f.write_all_at(&entry.to_be_bytes(), at).unwrap();
+}
+
+#[test]
+fn failures_mid_way_give_qemu_img_exit_codes_and_remove_the_partial_target() {
+    let s = Scratch::new();
+    qemu_img_ok(&s, &["create", "-q", "-f", "qcow2", "bad.qcow2", "64M"]);
+    qemu_io(&s, "bad.qcow2", &["write -P 1 0 64k", "write -P 2 32M 64k"]);
+    corrupt_l2_entry(&s, "bad.qcow2");
+    // convert fails after creating the target, and removes it.
+    let o = s.ours(&["convert", "bad.qcow2", "out.raw"]);
+    assert_eq!(o.rc, 1, "{o:?}");
+    assert!(
+        o.stderr
+            .starts_with("qemu-img: error while reading block status at offset 33554432: "),
+        "{}",
+        o.stderr
+    );
+    assert_eq!(o.stderr.lines().count(), 1);
+    assert!(!s.path("out.raw").exists());
+    // An existing target given with -n stays, its size untouched.
+    s.sparse_file("keep.raw", 80 << 20, &[(70 << 20, &[9u8; 512])]);
+    let o = s.ours(&["convert", "-n", "bad.qcow2", "keep.raw"]);
+    assert_eq!(o.rc, 1);
+    let keep = s.read("keep.raw");
+    assert_eq!(keep.len(), 80 << 20);
+    assert!(keep[70 << 20..(70 << 20) + 512].iter().all(|&b| b == 9));
+    // compare: allocation-status error is exit code 3, as qemu-img.
+    let q = s.qemu(&["compare", "bad.qcow2", "bad.qcow2"]);
+    let d = s.ours(&["compare", "bad.qcow2", "bad.qcow2"]);
+    assert_eq!((d.rc, q.rc), (3, 3));
+    assert_eq!(d.stdout, q.stdout);
+    assert_eq!(
+        d.stderr.lines().last(),
+        Some("qemu-img: Sector allocation test failed for bad.qcow2")
+    );
+    // map prints what it could, then fails like qemu-img.
+    let q = s.qemu(&["map", "bad.qcow2"]);
+    let d = s.ours(&["map", "bad.qcow2"]);
+    assert_eq!((d.rc, q.rc), (1, 1));
+    assert_eq!(d.stdout, q.stdout);
+    assert!(
+        d.stderr
+            .starts_with("qemu-img: Could not read file metadata: "),
+        "{}",
+        d.stderr
+    );
+}
+
+#[test]
+fn convert_refuses_a_target_that_is_part_of_the_source() {
+    let s = Scratch::new();
+    images(&s);
+    let before = s.read("ca.qcow2");
+    for args in [
+        &["convert", "sub/cc.qcow2", "ca.qcow2"][..],
+        &["convert", "-n", "sub/cc.qcow2", "ca.qcow2"],
+        &["convert", "-n", "df.qcow2", "ext.data"],
+        &["convert", "base.raw", "base.raw"],
+    ] {
+        let o = s.same(args);
+        assert_eq!(o.rc, 1, "{args:?}");
+    }
+    assert!(s.read("ca.qcow2") == before);
+}
+
+#[test]
+fn several_sources_are_concatenated() {
+    let s = Scratch::new();
+    images(&s);
+    let srcs = [
+        "ca.qcow2",
+        "v2.qcow2",
+        "base.raw",
+        "comp.qcow2",
+        "sub/cc.qcow2",
+    ];
+    let mut ours = vec!["convert"];
+    ours.extend_from_slice(&srcs);
+    ours.push("ours.raw");
+    let o = s.ours(&ours);
+    assert_eq!(o.rc, 0, "{o:?}");
+    let mut theirs = vec!["convert"];
+    theirs.extend_from_slice(&srcs);
+    theirs.push("theirs.raw");
+    qemu_img_ok(&s, &theirs);
+    let a = s.read("ours.raw");
+    assert_eq!(
+        a.len() as u64,
+        (1 << 20) + (3 << 20) + (16 << 20) + (16 << 20) + (2 << 20)
+    );
+    assert!(a == s.read("theirs.raw"));
+    assert!(s.allocated("ours.raw") <= s.allocated("theirs.raw") + 4096);
+}
+
+#[test]
+fn info_of_an_aes_encrypted_image_equals_qemu_img() {
+    let s = Scratch::new();
+    qemu_img_ok(
+        &s,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "--object",
+            "secret,id=s0,data=abc",
+            "-o",
+            "encrypt.format=aes,encrypt.key-secret=s0",
+            "aes.qcow2",
+            "1M",
+        ],
+    );
+    let o = s.same(&["info", "--output=json", "aes.qcow2"]);
+    assert!(o.stdout.contains("\"encrypted\": true"), "{}", o.stdout);
+    let o = s.same(&["info", "aes.qcow2"]);
+    assert!(o.stdout.contains("encrypted: yes\n"), "{}", o.stdout);
+}

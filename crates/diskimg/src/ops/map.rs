@@ -165,4 +165,47 @@ mod tests {
         assert_eq!(v.len(), 1);
         assert_eq!((v[0].length, v[0].data, v[0].offset), (4096, true, Some(0)));
     }
+
+    #[test]
+    fn extents_merge_only_when_every_field_agrees() {
+        use crate::ops::status::tests::Fake;
+        // zero, unallocated, data, data (contiguous offsets), zero
+        let dev = Fake::device(
+            vec![
+                (10, true, false, true),
+                (10, false, false, false),
+                (10, true, true, false),
+                (10, true, true, false),
+                (10, true, false, true),
+            ],
+            None,
+        );
+        let collect = |style| {
+            let mut v = Vec::new();
+            map::<crate::Error>(&dev, 0, None, style, |e| {
+                v.push((e.start, e.length, e.data, e.zero, e.present));
+                Ok(())
+            })
+            .unwrap();
+            v
+        };
+        assert_eq!(
+            collect(MapStyle::Json),
+            vec![
+                (0, 10, false, true, true),
+                (10, 10, false, true, false),
+                (20, 20, true, false, true),
+                (40, 10, false, true, true),
+            ]
+        );
+        // Clipping to --start-offset/--max-length cuts the first and last
+        // extents.
+        let mut v = Vec::new();
+        map::<crate::Error>(&dev, 15, Some(20), MapStyle::Json, |e| {
+            v.push((e.start, e.length));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(v, vec![(15, 5), (20, 15)]);
+    }
 }

@@ -4,9 +4,11 @@
 //!   QEMU's block layer computes it;
 //! - [`map`]: the extents `qemu-img map` prints;
 //! - [`compare`]: `qemu-img compare`;
-//! - [`convert`]: copying an image into a sparse raw file.
+//! - [`convert`]: copying an image into a sparse raw file;
+//! - [`concat`]: several images read as one (convert's several sources).
 
 pub mod compare;
+pub mod concat;
 pub mod convert;
 pub mod map;
 pub mod status;

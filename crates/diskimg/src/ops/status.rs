@@ -147,3 +147,149 @@ pub fn status_above(top: &Arc<dyn BlockDevice>, offset: u64, max_len: u64) -> Re
     result.eof = offset.saturating_add(result.len) == size;
     Ok(result)
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::format::ImageInfo;
+    use crate::io::{MemoryStorage, Storage};
+
+    /// A layer described by its extents: (length, allocated, data, zero).
+    pub(crate) struct Fake {
+        pub extents: Vec<(u64, bool, bool, bool)>,
+        pub backing: Option<Arc<dyn BlockDevice>>,
+        pub storage: Arc<dyn Storage>,
+    }
+
+    impl Fake {
+        pub(crate) fn device(
+            extents: Vec<(u64, bool, bool, bool)>,
+            backing: Option<Arc<dyn BlockDevice>>,
+        ) -> Arc<dyn BlockDevice> {
+            Arc::new(Fake {
+                extents,
+                backing,
+                storage: Arc::new(MemoryStorage::new("fake")),
+            })
+        }
+    }
+
+    impl BlockDevice for Fake {
+        fn size(&self) -> u64 {
+            self.extents.iter().map(|e| e.0).sum()
+        }
+        fn read_at(&self, buf: &mut [u8], _offset: u64) -> Result<()> {
+            buf.fill(0);
+            Ok(())
+        }
+        fn write_at(&self, _buf: &[u8], _offset: u64) -> Result<()> {
+            Ok(())
+        }
+        fn write_zeroes(&self, _offset: u64, _len: u64, _unmap: bool) -> Result<()> {
+            Ok(())
+        }
+        fn discard(&self, _offset: u64, _len: u64) -> Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> Result<()> {
+            Ok(())
+        }
+        fn block_status(&self, offset: u64, max_len: u64) -> Result<BlockStatus> {
+            let mut start = 0;
+            for &(len, allocated, data, zero) in &self.extents {
+                if offset < start + len {
+                    let len = (start + len - offset).min(max_len);
+                    // Unallocated reads as zero without a backing file or
+                    // past its end, as mapped::block_status reports.
+                    let zero = zero
+                        || (!allocated && self.backing.as_ref().is_none_or(|b| offset >= b.size()));
+                    return Ok(BlockStatus {
+                        len,
+                        allocated,
+                        data,
+                        zero,
+                        compressed: false,
+                        offset: if data { Some(offset) } else { None },
+                    });
+                }
+                start += len;
+            }
+            Err(crate::Error::invalid_argument("past the end"))
+        }
+        fn info(&self) -> ImageInfo {
+            ImageInfo {
+                format: "fake",
+                filename: "fake".into(),
+                virtual_size: self.size(),
+                cluster_size: None,
+                dirty: false,
+                encrypted: false,
+                backing: None,
+                snapshots: Vec::new(),
+                specific: None,
+            }
+        }
+        fn storage(&self) -> &Arc<dyn Storage> {
+            &self.storage
+        }
+        fn backing(&self) -> Option<&Arc<dyn BlockDevice>> {
+            self.backing.as_ref()
+        }
+    }
+
+    const U: (bool, bool, bool) = (false, false, false); // unallocated
+    const D: (bool, bool, bool) = (true, true, false); // data
+    const Z: (bool, bool, bool) = (true, false, true); // zero
+
+    fn ext(len: u64, k: (bool, bool, bool)) -> (u64, bool, bool, bool) {
+        (len, k.0, k.1, k.2)
+    }
+
+    #[test]
+    fn map_walk_descends_and_narrows() {
+        let base = Fake::device(vec![ext(100, D), ext(300, U)], None);
+        let top = Fake::device(vec![ext(50, U), ext(50, Z), ext(300, U)], Some(base));
+        let s = chain_status(&top, 0, 400).unwrap();
+        assert_eq!((s.len, s.depth, s.status.data), (50, 1, true));
+        let s = chain_status(&top, 50, 350).unwrap();
+        assert_eq!((s.len, s.depth, s.status.zero), (50, 0, true));
+        // Unallocated everywhere: the bottom layer reports zero, not present.
+        let s = chain_status(&top, 100, 300).unwrap();
+        assert_eq!((s.len, s.depth), (300, 1));
+        assert!(s.status.zero && !s.status.allocated);
+    }
+
+    #[test]
+    fn map_walk_stops_above_a_short_backing_file() {
+        let base = Fake::device(vec![ext(100, D)], None);
+        let top = Fake::device(vec![ext(400, U)], Some(base));
+        let s = chain_status(&top, 0, 400).unwrap();
+        assert_eq!((s.len, s.depth, s.status.data), (100, 1, true));
+        let s = chain_status(&top, 100, 300).unwrap();
+        assert_eq!((s.len, s.depth), (300, 0));
+        assert!(s.status.zero && !s.status.allocated);
+    }
+
+    #[test]
+    fn status_above_finds_the_allocating_layer() {
+        let base = Fake::device(vec![ext(100, D), ext(300, U)], None);
+        let top = Fake::device(vec![ext(50, U), ext(50, Z), ext(300, U)], Some(base));
+        let s = status_above(&top, 0, 400).unwrap();
+        assert!(s.allocated && s.data && s.offset_valid && !s.eof);
+        assert_eq!(s.len, 50);
+        let s = status_above(&top, 100, 300).unwrap();
+        assert!(!s.allocated && s.zero && s.eof);
+        assert_eq!(s.len, 300);
+    }
+
+    #[test]
+    fn status_above_counts_past_a_short_backing_as_allocated_zeros() {
+        let base = Fake::device(vec![ext(100, U)], None);
+        let mid = Fake::device(vec![ext(200, U)], Some(base));
+        let top = Fake::device(vec![ext(400, U)], Some(mid));
+        let s = status_above(&top, 150, 250).unwrap();
+        // mid is unallocated at 150 and its backing ends at 100.
+        assert!(s.allocated && s.zero && !s.data);
+        assert_eq!(s.len, 50);
+    }
+}

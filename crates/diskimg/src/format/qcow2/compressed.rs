@@ -25,10 +25,29 @@ pub fn decompress(
         let mut c = c.borrow_mut();
         let ctx = &mut *c;
         match ctype {
-            CompressionType::Zlib => inflate(&mut ctx.inflate, input, out),
+            CompressionType::Zlib => inflate_fast(ctx, input, out),
             CompressionType::Zstd => unzstd(&mut ctx.zstd, input, out),
         }
     })
+}
+
+/// Raw deflate through libdeflate, which decodes a whole cluster at once
+/// about twice as fast as a streaming inflater. A stream that would produce
+/// more than a cluster, or that libdeflate rejects, goes through the
+/// streaming inflater, which decides exactly as QEMU's zlib does (the first
+/// cluster of output counts, the rest is ignored).
+fn inflate_fast(ctx: &mut Ctx, input: &[u8], out: &mut [u8]) -> Result<(), DecompressError> {
+    let fast = ctx
+        .deflate
+        .get_or_insert_with(libdeflater::Decompressor::new);
+    match fast.deflate_decompress(input, out) {
+        Ok(n) if n == out.len() => Ok(()),
+        Ok(n) => Err(DecompressError(format!(
+            "deflate data ends after {n} of {} bytes",
+            out.len()
+        ))),
+        Err(_) => inflate(&mut ctx.inflate, input, out),
+    }
 }
 
 fn inflate(
@@ -94,6 +113,7 @@ fn unzstd(
 }
 
 struct Ctx {
+    deflate: Option<libdeflater::Decompressor>,
     inflate: Option<flate2::Decompress>,
     zstd: Option<zstd::stream::raw::Decoder<'static>>,
 }
@@ -105,6 +125,7 @@ type HeldCluster = (Vec<u8>, Vec<u8>, Option<(u64, u64)>);
 thread_local! {
     static CTX: RefCell<Ctx> = const {
         RefCell::new(Ctx {
+            deflate: None,
             inflate: None,
             zstd: None,
         })
