@@ -331,7 +331,12 @@ impl Judge<'_> {
                 )
             } else {
                 format!(
-                    "qemu-img refuses ({}: {}), diskimg answers {}",
+                    "qemu-img {} ({}: {}), diskimg answers {}",
+                    if q.timed_out {
+                        "gives no answer"
+                    } else {
+                        "refuses"
+                    },
                     q.status(),
                     q.err().trim_end(),
                     d.status()
