@@ -24,9 +24,10 @@
 //! safety net for the machine), or change any file (fingerprints before and
 //! after every command).
 //!
-//! `check` is also run, but diskimg's check is not implemented yet: for it we
-//! assert only the universal rules plus "a failure is a single stderr line".
-//! When check lands, judge it against `qemu-img check` like the others.
+//! `check` and `check --output=json` are judged the same way: qemu-img's
+//! answer is its rc with its stdout (the report); a refusal is a non-zero rc
+//! other than 2/3 with one stderr line naming the file. Per-cluster
+//! diagnostics on stderr are not compared.
 
 mod common;
 
@@ -293,22 +294,62 @@ impl Judge<'_> {
         }
     }
 
-    /// `check`: not implemented in diskimg yet; universal rules + one-line failure.
-    fn check(&mut self) {
-        let args = ["check", self.img];
+    /// `check` (read-only) and `check --output=json`: qemu-img's answer is
+    /// its rc and stdout (rc 1 "check not completed" with the same report
+    /// counts too); otherwise rc 0/2/3 from diskimg is a different answer and
+    /// anything else must be a one-line refusal. The per-cluster diagnostics
+    /// printed on stderr are not compared.
+    fn check(&mut self, json: bool) {
+        let mut args = vec!["check"];
+        if json {
+            args.push("--output=json");
+        }
+        args.push(self.img);
+        let what = args.join(" ");
+        let q = run_in(self.dir, &common::qemu_img(), &args, QEMU_LIMITS);
         let before = self.snapshot();
         let d = run_in(self.dir, &diskimg(), &args, DISKIMG_LIMITS);
-        if !self.universal("check", &d, &before) {
+        if !self.universal(&what, &d, &before) {
             return;
         }
-        // TODO(check): once `diskimg check` exists, judge it against qemu-img check
-        // (rc 0/2/3 and output); until then only a single-line failure is asked.
-        let q = run_in(self.dir, &common::qemu_img(), &args, QEMU_LIMITS);
-        if d.code != Some(0) && !Self::same_failure(&q, &d) && d.err().trim_end().contains('\n') {
+        let answer = |o: &Outcome| matches!(o.code, Some(0 | 2 | 3));
+        // Same rc and same report on stdout is qemu-img's answer, whatever
+        // the rc (an incomplete check, rc 1, still prints its report).
+        if !q.timed_out && d.code == q.code && d.stdout == q.stdout {
+            return;
+        }
+        if Self::same_failure(&q, &d) {
+            return;
+        }
+        if answer(&d) {
+            let why = if answer(&q) {
+                format!(
+                    "qemu-img {} / diskimg {}; {}",
+                    q.status(),
+                    d.status(),
+                    common::text_diff(&q.out(), &d.out())
+                )
+            } else {
+                format!(
+                    "qemu-img {} ({}: {}), diskimg answers {}",
+                    if q.timed_out {
+                        "gives no answer"
+                    } else {
+                        "refuses"
+                    },
+                    q.status(),
+                    q.err().trim_end(),
+                    d.status()
+                )
+            };
             self.fails.push(format!(
-                "check: failure message is not one line: {}",
-                d.describe()
+                "{what}: diskimg answers differently from qemu-img: {why}"
             ));
+            return;
+        }
+        if let Some(p) = self.refusal_problem(&d, Kind::Text) {
+            self.fails
+                .push(format!("{what}: diskimg's refusal is malformed: {p}"));
         }
     }
 }
@@ -353,7 +394,8 @@ fn judge_image(dir: &Path, img: &str, names: &[String]) -> Vec<String> {
         }
     }
     let _ = std::fs::remove_file(dir.join("out.qemu.raw"));
-    j.check();
+    j.check(false);
+    j.check(true);
     let _ = std::fs::remove_file(dir.join("ref.raw"));
     j.fails
 }
