@@ -119,8 +119,10 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
     let warn: diskimg::WarningSink = Arc::new(crate::ctx::print_warning);
     let opts = OpenOptions {
         format,
-        open_backing: false,
-        open_data_file: false,
+        // As qemu-img, the whole chain and the data file are opened: a
+        // missing or broken backing file makes the check fail.
+        open_backing: true,
+        open_data_file: true,
         for_check: true,
         warnings: Some(warn),
         ..OpenOptions::default()

@@ -58,8 +58,11 @@ fn open_layer(
         Some(f) => f,
         None => probe(storage.as_ref())?,
     };
+    // Only the top image is opened for writing or for a check; backing
+    // files are opened as for reading.
     let layer_opts = OpenOptions {
         writable,
+        for_check: opts.for_check && depth == 0,
         ..opts.clone()
     };
     let mut layer = open_format(format, storage, path, &layer_opts)?;

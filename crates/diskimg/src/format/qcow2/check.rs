@@ -116,7 +116,8 @@ pub fn check(s: &CheckSubject<'_>, diag: &mut dyn FnMut(&str)) -> Result<CheckRe
     let h = s.header;
     let cluster_bits = h.cluster_bits;
     let cluster_size = 1u64 << cluster_bits;
-    let file_len = s.storage.len()?;
+    // QEMU sees files in whole 512-byte sectors.
+    let file_len = s.storage.len()?.div_ceil(512) * 512;
     let refcount_bits = 1u32 << h.refcount_order;
     let max = if refcount_bits >= 64 {
         u64::MAX
@@ -151,6 +152,16 @@ pub fn check(s: &CheckSubject<'_>, diag: &mut dyn FnMut(&str)) -> Result<CheckRe
         reftable,
         refblock_cache: None,
     };
+    // Every v3 snapshot table entry must carry at least 16 bytes of extra
+    // data (the 64-bit VM state size and the disk size).
+    if h.version >= 3 {
+        for (i, sn) in s.snapshots.iter().enumerate() {
+            if sn.extra_data_size < super::snapshot::V3_MIN_EXTRA_DATA {
+                c.say(&format!("ERROR snapshot table entry {i} is incomplete"));
+                c.report.corruptions += 1;
+            }
+        }
+    }
     c.calculate_refcounts()?;
     let highest = c.compare_refcounts()?;
     c.check_oflag_copied()?;

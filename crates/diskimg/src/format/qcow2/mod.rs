@@ -713,6 +713,24 @@ impl BlockDevice for Qcow2 {
         // BDRV_O_CHECK); the check reads it here, and a table that cannot be
         // read ends the check.
         let snapshots = if self.snapshots.is_empty() && self.header.nb_snapshots > 0 {
+            let h = &self.header;
+            let name = self.name();
+            if h.nb_snapshots > snapshot::MAX_SNAPSHOTS {
+                return Err(Error::invalid(format!(
+                    "snapshot table too large ({} snapshots in '{name}', at most {})",
+                    h.nb_snapshots,
+                    snapshot::MAX_SNAPSHOTS
+                )));
+            }
+            let bytes = u64::from(h.nb_snapshots) * 40;
+            if !h.snapshots_offset.is_multiple_of(h.cluster_size())
+                || h.snapshots_offset > i64::MAX as u64 - bytes
+            {
+                return Err(Error::invalid(format!(
+                    "snapshot table offset invalid ({:#x} in '{name}', qcow2 header field snapshots_offset at offset 64)",
+                    h.snapshots_offset
+                )));
+            }
             snapshot::read_snapshots(self.storage.as_ref(), &self.header)?
         } else {
             self.snapshots.clone()

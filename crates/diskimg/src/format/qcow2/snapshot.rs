@@ -13,6 +13,8 @@ use crate::{Error, Result};
 
 /// Most extra data QEMU accepts in one entry.
 pub const MAX_EXTRA_DATA: u32 = 1024;
+/// Most snapshots QEMU accepts (QCOW_MAX_SNAPSHOTS).
+pub const MAX_SNAPSHOTS: u32 = 65536;
 /// Largest snapshot table QEMU accepts.
 pub const MAX_TABLE_SIZE: u64 = 1024 * 65536;
 /// Extra data a v3 entry must carry at least.
