@@ -14,5 +14,6 @@ set -x
 "$bin" info demo.qcow2
 "$bin" info --output=json demo.qcow2
 "$bin" map --output=json demo.qcow2
+"$bin" check demo.qcow2
 "$bin" convert -O raw demo.qcow2 demo.raw
 "$bin" compare demo.qcow2 demo.raw
