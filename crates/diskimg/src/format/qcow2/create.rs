@@ -578,6 +578,67 @@ mod tests {
     }
 
     #[test]
+    fn created_images_open_read_zeros_and_check_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: &[(&str, Qcow2CreateOptions, Preallocation)] = &[
+            ("v3", Qcow2CreateOptions::default(), Preallocation::Off),
+            (
+                "v2m",
+                Qcow2CreateOptions {
+                    version: 2,
+                    ..Qcow2CreateOptions::default()
+                },
+                Preallocation::Metadata,
+            ),
+            (
+                "small",
+                Qcow2CreateOptions {
+                    cluster_size: 512,
+                    refcount_bits: 1,
+                    ..Qcow2CreateOptions::default()
+                },
+                Preallocation::Full,
+            ),
+            (
+                "ext",
+                Qcow2CreateOptions {
+                    cluster_size: 16384,
+                    extended_l2: true,
+                    refcount_bits: 64,
+                    compression_type: CompressionType::Zstd,
+                    lazy_refcounts: true,
+                    ..Qcow2CreateOptions::default()
+                },
+                Preallocation::Metadata,
+            ),
+        ];
+        let size = 3 << 20;
+        for (name, o, p) in cases {
+            let path = dir.path().join(format!("{name}.qcow2"));
+            create(&path, o, size, *p).unwrap();
+            let img = crate::open(&path, &crate::OpenOptions::default()).unwrap();
+            assert_eq!(img.size(), size, "{name}");
+            let mut buf = vec![1u8; 65536];
+            img.read_at(&mut buf, size - 65536).unwrap();
+            assert!(buf.iter().all(|&b| b == 0), "{name}");
+            let r = img.check(crate::RepairMode::None, &mut |_| {}).unwrap();
+            assert_eq!(
+                (r.corruptions, r.leaks, r.check_errors),
+                (0, 0, 0),
+                "{name}"
+            );
+        }
+        // A failed create removes what it made.
+        let o = Qcow2CreateOptions {
+            data_file: Some(dir.path().join("no/such/dir/d").display().to_string()),
+            ..Qcow2CreateOptions::default()
+        };
+        let path = dir.path().join("failed.qcow2");
+        assert!(create(&path, &o, size, Preallocation::Off).is_err());
+        assert!(!path.exists());
+    }
+
+    #[test]
     fn refcount_entries_of_every_width() {
         for order in 0..=6u32 {
             let bits = 1u64 << order;
