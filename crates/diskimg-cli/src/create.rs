@@ -304,9 +304,13 @@ fn parse_bool(v: &str) -> Option<bool> {
     }
 }
 
+/// A number as QEMU's `qemu_strtou64` with base 0 reads it: `0x` hex,
+/// a leading `0` octal, else decimal.
 fn parse_num(v: &str) -> Option<u64> {
     if let Some(h) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
         u64::from_str_radix(h, 16).ok()
+    } else if v.len() > 1 && v.starts_with('0') {
+        u64::from_str_radix(&v[1..], 8).ok()
     } else {
         v.parse().ok()
     }
@@ -457,7 +461,7 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
             },
             Kind::Num => match parse_num(v) {
                 Some(n) => OptVal {
-                    shown: v.clone(),
+                    shown: n.to_string(),
                     num: n,
                     flag: false,
                 },
@@ -767,6 +771,16 @@ mod tests {
                 ("d".into(), "".into(), true),
             ]
         );
+    }
+
+    #[test]
+    fn numbers_as_strtou64_base_0() {
+        assert_eq!(parse_num("16"), Some(16));
+        assert_eq!(parse_num("0x10"), Some(16));
+        assert_eq!(parse_num("016"), Some(14));
+        assert_eq!(parse_num("0"), Some(0));
+        assert_eq!(parse_num("x"), None);
+        assert_eq!(parse_num("09"), None);
     }
 
     #[test]

@@ -312,6 +312,36 @@ fn create_sizes_and_raw_images() {
     }
     p.judge(&["-f", "qcow2", "-o", "size=2M", "t.qcow2"], "t.qcow2");
     p.judge(&["-q", "-f", "qcow2", "t.qcow2", "1M"], "t.qcow2");
+    // Numbers and sizes are printed as QEMU parsed them; the last of a
+    // repeated option wins; a bare name means "on".
+    p.judge(
+        &[
+            "-f",
+            "qcow2",
+            "-o",
+            "refcount_bits=0x10,cluster_size=0x10000",
+            "t.qcow2",
+            "1M",
+        ],
+        "t.qcow2",
+    );
+    p.judge(
+        &[
+            "-f",
+            "qcow2",
+            "-o",
+            "compat=v3,compat=v2",
+            "-o",
+            "cluster_size=4k",
+            "t.qcow2",
+            "1M",
+        ],
+        "t.qcow2",
+    );
+    p.judge(
+        &["-f", "qcow2", "-o", "lazy_refcounts", "t.qcow2", "1M"],
+        "t.qcow2",
+    );
     p.judge(
         &["-f", "qcow2", "-o", "cluster_size=512", "t.qcow2", "128G"],
         "t.qcow2",
@@ -381,6 +411,7 @@ fn create_refusals_match_qemu_img() {
         &["-f", "qcow2", "-o", "refcount_bits=3", "t.qcow2", "1M"],
         &["-f", "qcow2", "-o", "refcount_bits=128", "t.qcow2", "1M"],
         &["-f", "qcow2", "-o", "refcount_bits=x", "t.qcow2", "1M"],
+        &["-f", "qcow2", "-o", "refcount_bits=016", "t.qcow2", "1M"],
         &["-f", "qcow2", "-o", "compat=9", "t.qcow2", "1M"],
         &[
             "-f",
