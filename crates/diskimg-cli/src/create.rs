@@ -531,6 +531,13 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
             "Backing file not supported for file format 'raw'",
         );
     }
+    if backing_fmt.is_some() && format == Format::Raw {
+        return fail(
+            ctx,
+            &file,
+            "Backing file format not supported for file format 'raw'",
+        );
+    }
 
     // The backing file: its format must be given; its size is the default.
     if let Some(b) = &backing_file {

@@ -466,6 +466,7 @@ fn create_refusals_match_qemu_img() {
         &["-f", "foo", "t.qcow2", "1M"],
         &["-f", "raw", "-o", "preallocation=metadata", "t.raw", "1M"],
         &["-f", "raw", "-b", "base.raw", "-F", "raw", "t.raw", "1M"],
+        &["-f", "raw", "-F", "raw", "t.raw", "1M"],
     ];
     for args in cases {
         let out = p.create(args);
