@@ -8,6 +8,7 @@ mod args;
 mod check;
 mod compare;
 mod convert;
+mod create;
 mod ctx;
 mod info;
 mod map;
@@ -24,7 +25,7 @@ const VERSION_QEMU: &str = "10.0.2";
 
 /// qemu-img's commands that diskimg does not implement yet.
 const LATER: &[&str] = &[
-    "amend", "bench", "bitmap", "commit", "create", "dd", "measure", "rebase", "resize", "snapshot",
+    "amend", "bench", "bitmap", "commit", "dd", "measure", "rebase", "resize", "snapshot",
 ];
 
 /// Prints the version. Under the qemu-img name the first line carries the
@@ -58,6 +59,7 @@ Recognized commands (run {p} COMMAND --help for command-specific help):
   check - Check basic image integrity (read-only: -r is not implemented yet)
   compare - Check if two images have the same contents
   convert - Copy one image to another (raw targets)
+  create - Create a new disk image (qcow2, raw)
   info - Display information about image
   map - Dump image metadata
 {extra}
@@ -169,6 +171,7 @@ fn run(ctx: &Ctx, argv: &[OsString], diskimg_words: bool) -> i32 {
         "convert" => convert::run(ctx, rest),
         "compare" => compare::run(ctx, rest),
         "check" => check::run(ctx, rest),
+        "create" => create::run(ctx, rest),
         "io" if diskimg_words => not_implemented(ctx.prog, "diskimg io", "the qemu-io drop-in"),
         "serve" if diskimg_words => {
             not_implemented(ctx.prog, "diskimg serve", "the qemu-nbd drop-in")

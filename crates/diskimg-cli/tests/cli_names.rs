@@ -91,10 +91,10 @@ fn help_and_version_exit_zero() {
 #[test]
 fn unimplemented_commands_fail_clearly() {
     let s = Scratch::new();
-    let o = s.diskimg(&["create", "-f", "qcow2", "x.qcow2", "1M"]);
+    let o = s.diskimg(&["resize", "x.qcow2", "1M"]);
     assert_eq!(o.rc, 1);
     assert_eq!(
         o.stderr,
-        "diskimg: Command 'create' is not implemented yet\n"
+        "diskimg: Command 'resize' is not implemented yet\n"
     );
 }

@@ -25,7 +25,9 @@ use std::sync::Arc;
 
 pub use chain::{open, MAX_CHAIN_DEPTH};
 pub use error::{Error, ErrorKind, Result};
+pub use format::create::{create, CreateOptions, Preallocation};
 pub use format::probe::Format;
+pub use format::qcow2::create::Qcow2CreateOptions;
 pub use format::{BlockDevice, BlockStatus, CheckReport, ImageInfo, RepairMode};
 
 /// A callback that receives warnings (e.g. a probed backing format).

@@ -6,6 +6,7 @@
 //! generic code in [`mapped`], which also walks into the backing file. They
 //! then only decode their tables.
 
+pub mod create;
 pub mod mapped;
 pub mod probe;
 pub mod qcow2;

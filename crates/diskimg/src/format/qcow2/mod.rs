@@ -16,6 +16,7 @@
 pub mod bitmaps;
 pub mod check;
 pub mod compressed;
+pub mod create;
 pub mod extensions;
 pub mod header;
 pub mod l2_cache;
