@@ -11,6 +11,8 @@
 //! * `map --output=json`: same text;
 //! * `convert -O raw`: the same bytes as `qemu-img convert -O raw`;
 //! * `compare IMG qemu.raw`: exit 0 and `Images are identical.`;
+//! * `check --output=json` and `check`: the same exit code and report (a
+//!   dirty image's leaks included);
 //! * for chains, `info --backing-chain --output=json` as for `info`.
 //!
 //! Keys allowed to differ between qemu-img and diskimg: none. `actual-size` is
@@ -286,6 +288,19 @@ fn check_image(dir: &Path, img: &str, fails: &mut Vec<String>) {
 
     let (q, d) = both(dir, &["map", "--output=json", img]);
     same_output(&tag("map --output=json"), &q, &d, true, fails);
+
+    for args in [&["check", "--output=json", img][..], &["check", img][..]] {
+        let (q, d) = both(dir, args);
+        if q.code != d.code || q.out() != d.out() {
+            fails.push(format!(
+                "{}: differs from qemu-img's (rc {:?} vs {:?}): {}",
+                tag(&args.join(" ")),
+                d.code,
+                q.code,
+                text_diff(&q.out(), &d.out())
+            ));
+        }
+    }
 
     let qraw = format!("{img}.qemu.raw");
     let draw = format!("{img}.diskimg.raw");
