@@ -313,29 +313,13 @@ pub fn feature_entry(kind: u8, bit: u8, name: &str) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::header::{CompressionType, Header};
+    use super::super::header::Header;
     use super::*;
 
     fn hdr() -> Header {
         Header {
-            version: 3,
-            backing_file_offset: 0,
-            backing_file_size: 0,
-            cluster_bits: 16,
-            size: 1 << 30,
-            crypt_method: 0,
-            l1_size: 2,
-            l1_table_offset: 0x30000,
-            refcount_table_offset: 0x10000,
-            refcount_table_clusters: 1,
-            nb_snapshots: 0,
-            snapshots_offset: 0,
-            incompatible_features: 0,
-            compatible_features: 0,
             autoclear_features: AUTOCLEAR_BITMAPS,
-            refcount_order: 4,
-            header_length: 112,
-            compression_type: CompressionType::Zlib,
+            ..super::super::header::tests::v3()
         }
     }
 

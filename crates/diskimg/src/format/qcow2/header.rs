@@ -446,7 +446,7 @@ impl Header {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A valid v3 header: 64 KiB clusters, 1 GiB, reftable at 64K, L1 at 192K.

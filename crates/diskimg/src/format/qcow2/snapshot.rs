@@ -168,30 +168,14 @@ pub fn encode_entry(s: &Snapshot, extra: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::header::CompressionType;
     use super::*;
     use crate::io::MemoryStorage;
 
     fn hdr(nb: u32) -> Header {
         Header {
-            version: 3,
-            backing_file_offset: 0,
-            backing_file_size: 0,
-            cluster_bits: 16,
-            size: 1 << 30,
-            crypt_method: 0,
-            l1_size: 2,
-            l1_table_offset: 0x30000,
-            refcount_table_offset: 0x10000,
-            refcount_table_clusters: 1,
             nb_snapshots: nb,
             snapshots_offset: 0x10000,
-            incompatible_features: 0,
-            compatible_features: 0,
-            autoclear_features: 0,
-            refcount_order: 4,
-            header_length: 112,
-            compression_type: CompressionType::Zlib,
+            ..super::super::header::tests::v3()
         }
     }
 
