@@ -37,7 +37,7 @@ const REFT_RESERVED_MASK: u64 = 0x1ff;
 const MAX_L1_ENTRIES: u64 = (32 << 20) / 8;
 /// Reserved bits of a bitmap table entry.
 const BME_RESERVED_MASK: u64 = 0xff00_0000_0000_01fe;
-/// L1 entries read at once.
+/// Table entries (L1, bitmap table) read at once.
 const L1_CHUNK: u64 = 1 << 16;
 
 /// Everything the check needs to know about an open image.
@@ -402,20 +402,27 @@ impl Checker<'_, '_> {
         let tables = self.s.bitmap_tables.clone();
         for (table_offset, table_size) in tables {
             self.inc_range(table_offset, table_size * 8);
-            let table = self.read_u64s(table_offset, table_size, 8)?;
-            for e in table.chunks_exact(8) {
-                let entry = u64::from_be_bytes(e.try_into().unwrap_or([0; 8]));
-                let offset = entry & OFFSET_MASK;
-                let bad = entry & BME_RESERVED_MASK != 0
-                    || (offset != 0
-                        && (entry & 1 != 0 || !offset.is_multiple_of(self.cluster_size)));
-                if bad {
-                    self.report.corruptions += 1;
-                    continue;
+            // A bitmap table may hold up to 2^27 entries: read it in chunks
+            // so memory stays bounded whatever the image claims.
+            let mut done = 0;
+            while done < table_size {
+                let n = (table_size - done).min(L1_CHUNK);
+                let table = self.read_u64s(table_offset + done * 8, n, 8)?;
+                for e in table.chunks_exact(8) {
+                    let entry = u64::from_be_bytes(e.try_into().unwrap_or([0; 8]));
+                    let offset = entry & OFFSET_MASK;
+                    let bad = entry & BME_RESERVED_MASK != 0
+                        || (offset != 0
+                            && (entry & 1 != 0 || !offset.is_multiple_of(self.cluster_size)));
+                    if bad {
+                        self.report.corruptions += 1;
+                        continue;
+                    }
+                    if offset != 0 {
+                        self.inc_range(offset, self.cluster_size);
+                    }
                 }
-                if offset != 0 {
-                    self.inc_range(offset, self.cluster_size);
-                }
+                done += n;
             }
         }
         Ok(())
