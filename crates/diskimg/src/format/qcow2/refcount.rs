@@ -211,7 +211,7 @@ mod tests {
 
 #[cfg(test)]
 mod count_tests {
-    use super::super::header::{CompressionType, Header};
+    use super::super::header::Header;
     use super::*;
     use crate::io::MemoryStorage;
 
@@ -219,24 +219,12 @@ mod count_tests {
     fn counts_referenced_clusters_once_per_block() {
         // 512-byte clusters, 16-bit refcounts: 256 entries per block.
         let h = Header {
-            version: 3,
-            backing_file_offset: 0,
-            backing_file_size: 0,
             cluster_bits: 9,
             size: 1 << 20,
-            crypt_method: 0,
             l1_size: 32,
             l1_table_offset: 1536,
             refcount_table_offset: 512,
-            refcount_table_clusters: 1,
-            nb_snapshots: 0,
-            snapshots_offset: 0,
-            incompatible_features: 0,
-            compatible_features: 0,
-            autoclear_features: 0,
-            refcount_order: 4,
-            header_length: 112,
-            compression_type: CompressionType::Zlib,
+            ..super::super::header::tests::v3()
         };
         let mut img = vec![0u8; 4096];
         // Reftable entries 0..64 all point at the block at 1024.
