@@ -6,9 +6,6 @@
 //! before every option has been validated; a failed create leaves no
 //! partial file behind (the ones it created are removed).
 
-use std::fs::OpenOptions as FsOpenOptions;
-use std::io;
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 use super::probe::Format;
@@ -146,45 +143,25 @@ fn write_raw(storage: &FileStorage, size: u64, prealloc: Preallocation) -> Resul
 /// for off and metadata, fallocate for falloc (zeros written where the file
 /// system cannot), zeros written for full.
 pub(crate) fn preallocate(
-    storage: &FileStorage,
+    storage: &dyn Storage,
     offset: u64,
     len: u64,
     mode: Preallocation,
 ) -> Result<()> {
     match mode {
         Preallocation::Off | Preallocation::Metadata => Ok(()),
-        Preallocation::Falloc => match fallocate(storage.path(), offset, len) {
-            Ok(()) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                write_zeros(storage, offset, len)
-            }
-            Err(e) => Err(Error::io(
-                e,
-                format!("Could not preallocate data for '{}'", storage.name()),
-            )),
-        },
+        Preallocation::Falloc => storage.allocate(offset, len).map_err(|e| {
+            e.context(format!(
+                "Could not preallocate data for '{}'",
+                storage.name()
+            ))
+        }),
         Preallocation::Full => write_zeros(storage, offset, len),
     }
 }
 
-fn fallocate(path: &Path, offset: u64, len: u64) -> io::Result<()> {
-    if len == 0 {
-        return Ok(());
-    }
-    let f = FsOpenOptions::new().write(true).open(path)?;
-    let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
-        return Err(io::Error::from_raw_os_error(libc::EFBIG));
-    };
-    // SAFETY: plain system call on a descriptor owned by `f`.
-    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, off, l) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-fn write_zeros(storage: &FileStorage, offset: u64, len: u64) -> Result<()> {
+/// Writes zeros over `[offset, offset + len)` in 1 MiB requests.
+pub(crate) fn write_zeros(storage: &dyn Storage, offset: u64, len: u64) -> Result<()> {
     let chunk = vec![0u8; 1 << 20];
     let end = offset.saturating_add(len);
     let mut pos = offset;

@@ -198,6 +198,17 @@ pub trait BlockDevice: Send + Sync {
     /// Makes every completed write durable.
     fn flush(&self) -> Result<()>;
 
+    /// Changes the guest-visible size (`qemu-img resize`, qemu-io's
+    /// `truncate`). New space reads as zeros; `prealloc` says how much of it
+    /// to allocate. Whether shrinking is allowed is the caller's decision
+    /// (qemu-img asks for `--shrink`); a driver that cannot shrink refuses.
+    fn truncate(&self, size: u64, prealloc: create::Preallocation) -> Result<()> {
+        let _ = (size, prealloc);
+        Err(crate::Error::unsupported(
+            "Image format driver does not support resize",
+        ))
+    }
+
     /// The status of this layer at `offset`, for at most `max_len` bytes
     /// (`offset < size()`, `max_len >= 1`). Does not look into the backing file.
     fn block_status(&self, offset: u64, max_len: u64) -> Result<BlockStatus>;

@@ -1,7 +1,9 @@
 //! The raw format: guest byte N is file byte N.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::create::{preallocate, Preallocation};
 use super::{BackingLink, BlockDevice, BlockStatus, ImageInfo, Layer};
 use crate::io::Storage;
 use crate::{Error, Result};
@@ -9,7 +11,8 @@ use crate::{Error, Result};
 /// A raw image.
 pub struct Raw {
     storage: Arc<dyn Storage>,
-    size: u64,
+    /// Guest size; changes only through `truncate`.
+    size: AtomicU64,
 }
 
 impl Raw {
@@ -18,16 +21,23 @@ impl Raw {
     /// end of the file reads as zeros.
     pub fn open(storage: Arc<dyn Storage>) -> Result<Self> {
         let size = storage.len()?.div_ceil(512) * 512;
-        Ok(Raw { storage, size })
+        Ok(Raw {
+            storage,
+            size: AtomicU64::new(size),
+        })
+    }
+
+    fn len(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         match offset.checked_add(len) {
-            Some(end) if end <= self.size => Ok(()),
+            Some(end) if end <= self.len() => Ok(()),
             _ => Err(Error::invalid_argument(format!(
                 "request at offset {offset}, length {len} is past the end of '{}' ({} bytes)",
                 self.storage.name(),
-                self.size
+                self.len()
             ))),
         }
     }
@@ -35,7 +45,7 @@ impl Raw {
 
 impl BlockDevice for Raw {
     fn size(&self) -> u64 {
-        self.size
+        self.len()
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
@@ -63,8 +73,30 @@ impl BlockDevice for Raw {
         self.storage.flush()
     }
 
+    fn truncate(&self, size: u64, prealloc: Preallocation) -> Result<()> {
+        if prealloc == Preallocation::Metadata {
+            return Err(Error::unsupported(format!(
+                "Unsupported preallocation mode 'metadata' for raw image '{}'",
+                self.storage.name()
+            )));
+        }
+        if !self.storage.is_writable() {
+            return Err(Error::read_only(format!(
+                "'{}' is opened read-only",
+                self.storage.name()
+            )));
+        }
+        let old = self.storage.len()?;
+        self.storage.set_len(size)?;
+        if size > old {
+            preallocate(self.storage.as_ref(), old, size - old, prealloc)?;
+        }
+        self.size.store(size, Ordering::Release);
+        Ok(())
+    }
+
     fn block_status(&self, offset: u64, max_len: u64) -> Result<BlockStatus> {
-        let max_len = max_len.min(self.size.saturating_sub(offset)).max(1);
+        let max_len = max_len.min(self.len().saturating_sub(offset)).max(1);
         let ext = self.storage.host_extent(offset, max_len)?;
         Ok(BlockStatus {
             len: ext.len.clamp(1, max_len),
@@ -80,7 +112,7 @@ impl BlockDevice for Raw {
         ImageInfo {
             format: "raw",
             filename: self.storage.name().to_string(),
-            virtual_size: self.size,
+            virtual_size: self.len(),
             cluster_size: None,
             dirty: false,
             encrypted: false,

@@ -54,6 +54,19 @@ pub trait Storage: Send + Sync {
     /// Deallocates `[offset, offset + len)` so that it reads as zeros.
     fn punch_hole(&self, offset: u64, len: u64) -> Result<()>;
 
+    /// Reserves space for `[offset, offset + len)` without changing what it
+    /// reads as (fallocate for a file), growing the storage if the range
+    /// ends past its end. Storages that cannot reserve write zeros over the
+    /// part past their end.
+    fn allocate(&self, offset: u64, len: u64) -> Result<()> {
+        let end = offset.saturating_add(len);
+        let cur = self.len()?;
+        if end > cur {
+            self.set_len(end)?;
+        }
+        Ok(())
+    }
+
     /// Bytes the host really allocates for the storage (`st_blocks * 512`
     /// for a file), as qemu-img's "disk size" / `actual-size`.
     fn allocated_size(&self) -> Result<u64>;
