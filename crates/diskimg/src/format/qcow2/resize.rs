@@ -190,19 +190,12 @@ impl Qcow2 {
                     }
                 }
                 let m = self.meta(w)?;
-                let base = self.l2_table(l2off)?;
-                self.cache.patch(l2off, Some(&base), |t| {
-                    if ext {
-                        if let Some(e) = t.get_mut(l2_index * 2) {
-                            *e = host | OFLAG_COPIED;
-                        }
-                        if let Some(bm) = t.get_mut(l2_index * 2 + 1) {
-                            *bm = l2_entry::L2_BITMAP_ALL_ALLOC;
-                        }
-                    } else if let Some(e) = t.get_mut(l2_index) {
-                        *e = host | OFLAG_COPIED;
-                    }
-                });
+                let bitmap = if ext {
+                    l2_entry::L2_BITMAP_ALL_ALLOC
+                } else {
+                    0
+                };
+                self.set_entry(l2off, l2_index, host | OFLAG_COPIED, bitmap)?;
                 drop(m);
             }
             pos += cs;

@@ -291,6 +291,23 @@ impl Qcow2 {
         }
     }
 
+    /// Sets L2 entry `l2_index` (and its bitmap, with extended L2) of the
+    /// exclusive table at `l2off`; call under the metadata lock.
+    pub(super) fn set_entry(
+        &self,
+        l2off: u64,
+        l2_index: usize,
+        entry: u64,
+        bitmap: u64,
+    ) -> Result<()> {
+        let base = self.l2_table(l2off)?;
+        let ext = self.header.extended_l2();
+        self.cache.patch(l2off, Some(&base), |t| {
+            put_entry(t, l2_index, ext, entry, bitmap)
+        });
+        Ok(())
+    }
+
     pub(super) fn indices(&self, guest: u64) -> (u64, usize) {
         let cb = self.header.cluster_bits;
         let l2_bits = self.header.l2_bits();
@@ -501,19 +518,7 @@ impl Qcow2 {
             (host | OFLAG_COPIED, 0)
         };
         if new_entry != entry || (ext && new_bitmap != bitmap) {
-            let base = self.l2_table(l2off)?;
-            self.cache.patch(l2off, Some(&base), |t| {
-                if ext {
-                    if let Some(e) = t.get_mut(l2_index * 2) {
-                        *e = new_entry;
-                    }
-                    if let Some(b) = t.get_mut(l2_index * 2 + 1) {
-                        *b = new_bitmap;
-                    }
-                } else if let Some(e) = t.get_mut(l2_index) {
-                    *e = new_entry;
-                }
-            });
+            self.set_entry(l2off, l2_index, new_entry, new_bitmap)?;
         }
         if !reuse {
             self.free_entry(&mut m, entry);
@@ -742,12 +747,7 @@ impl Qcow2 {
             // No zero flag: unallocate where nothing lies beneath, else
             // write zeros.
             if unmap && self.backing.is_none() {
-                let a = offset.div_ceil(cs) * cs;
-                let b = if end == self.disk_size() {
-                    end.div_ceil(cs) * cs
-                } else {
-                    end & !(cs - 1)
-                };
+                let (a, b) = self.whole_units(offset, end, cs);
                 if a < b {
                     self.write_zero_bytes(offset, a.min(end) - offset)?;
                     self.set_clusters(w, a, b, Update::Unallocate)?;
@@ -761,12 +761,7 @@ impl Qcow2 {
         } else {
             cs
         };
-        let a = offset.div_ceil(unit) * unit;
-        let b = if end == self.disk_size() {
-            end.div_ceil(unit) * unit
-        } else {
-            end & !(unit - 1)
-        };
+        let (a, b) = self.whole_units(offset, end, unit);
         if a >= b {
             return self.write_zero_bytes(offset, len);
         }
@@ -790,6 +785,18 @@ impl Qcow2 {
             }
         }
         self.write_zero_bytes(b.min(end), end - b.min(end))
+    }
+
+    /// The whole `unit`s within `[offset, end)`; a range reaching the end of
+    /// the disk counts its partial last unit.
+    fn whole_units(&self, offset: u64, end: u64, unit: u64) -> (u64, u64) {
+        let a = offset.div_ceil(unit) * unit;
+        let b = if end == self.disk_size() {
+            end.div_ceil(unit) * unit
+        } else {
+            end & !(unit - 1)
+        };
+        (a, b)
     }
 
     /// Writes real zeros, in bounded requests.
@@ -850,12 +857,7 @@ impl Qcow2 {
         self.refuse_if_corrupt(w)?;
         let cs = self.header.cluster_size();
         let end = offset + len;
-        let a = offset.div_ceil(cs) * cs;
-        let b = if end == self.disk_size() {
-            end.div_ceil(cs) * cs
-        } else {
-            end & !(cs - 1)
-        };
+        let (a, b) = self.whole_units(offset, end, cs);
         if a >= b {
             return Ok(());
         }
@@ -947,16 +949,7 @@ impl Qcow2 {
                 self.mark_dirty(&mut m)?;
                 self.cache.patch(l2off, Some(&table), |t| {
                     for &(i, e, bm) in &changes {
-                        if ext {
-                            if let Some(x) = t.get_mut(i * 2) {
-                                *x = e;
-                            }
-                            if let Some(x) = t.get_mut(i * 2 + 1) {
-                                *x = bm;
-                            }
-                        } else if let Some(x) = t.get_mut(i) {
-                            *x = e;
-                        }
+                        put_entry(t, i, ext, e, bm);
                     }
                 });
             }
@@ -968,6 +961,20 @@ impl Qcow2 {
             pos = tend;
         }
         Ok(())
+    }
+}
+
+/// Stores an entry (and bitmap, with extended L2) at `i` of a table.
+fn put_entry(t: &mut [u64], i: usize, ext: bool, entry: u64, bitmap: u64) {
+    if ext {
+        if let Some(x) = t.get_mut(i * 2) {
+            *x = entry;
+        }
+        if let Some(x) = t.get_mut(i * 2 + 1) {
+            *x = bitmap;
+        }
+    } else if let Some(x) = t.get_mut(i) {
+        *x = entry;
     }
 }
 
