@@ -431,6 +431,31 @@ impl Allocator {
         Ok((start << self.cluster_bits, fresh))
     }
 
+    /// Takes the `n` clusters from index `first` when they are all free and
+    /// their refcount blocks exist; returns whether it did.
+    pub fn allocate_at(&mut self, storage: &dyn Storage, first: u64, n: u64) -> Result<bool> {
+        let bb = self.block_bits();
+        for bi in (first >> bb)..=((first + n - 1) >> bb) {
+            if self.block(storage, bi)?.is_none() {
+                return Ok(false);
+            }
+        }
+        for c in first..first + n {
+            if self.refcount(storage, c)? != 0 {
+                return Ok(false);
+            }
+        }
+        for c in first..first + n {
+            self.set_refcount(storage, c, 1)?;
+        }
+        self.zero_from = self.zero_from.max(first + n);
+        self.end = self.end.max(first + n);
+        if self.free_hint == first {
+            self.free_hint = first + n;
+        }
+        Ok(true)
+    }
+
     /// Queues the release of `n` clusters from index `first`: the decrement
     /// waits for [`Allocator::apply_frees`].
     pub fn queue_free(&mut self, first: u64, n: u64) {

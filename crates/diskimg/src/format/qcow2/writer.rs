@@ -59,6 +59,9 @@ pub(super) struct Meta {
     pub(super) corrupt: bool,
     /// Where the L1 table is, and its size in entries.
     pub(super) l1_offset: u64,
+    /// The next free byte for compressed data, inside a host cluster that
+    /// already holds compressed data (None: start a new cluster).
+    pub(super) compressed_next: Option<u64>,
 }
 
 /// Where the bytes of one subcluster come from when its cluster is copied.
@@ -152,7 +155,7 @@ impl Qcow2 {
 
     /// Sets the dirty bit before the first metadata change of a
     /// lazy_refcounts image.
-    fn mark_dirty(&self, m: &mut Meta) -> Result<()> {
+    pub(super) fn mark_dirty(&self, m: &mut Meta) -> Result<()> {
         if m.lazy && m.incompat & INCOMPAT_DIRTY == 0 {
             let v = m.incompat | INCOMPAT_DIRTY;
             self.write_header_field(72, &v.to_be_bytes())?;
@@ -199,7 +202,7 @@ impl Qcow2 {
         Ok(())
     }
 
-    fn write_data(&self, w: &WriteState, buf: &[u8], host: u64) -> Result<()> {
+    pub(super) fn write_data(&self, w: &WriteState, buf: &[u8], host: u64) -> Result<()> {
         self.check_overlap(w, host, buf.len() as u64)?;
         self.data.write_at(buf, host)
     }
@@ -318,7 +321,7 @@ impl Qcow2 {
     }
 
     /// Queues the release of whatever host space `entry` holds.
-    fn free_entry(&self, m: &mut Meta, entry: u64) {
+    pub(super) fn free_entry(&self, m: &mut Meta, entry: u64) {
         let cb = self.header.cluster_bits;
         match l2_entry::cluster_type(entry, self.header.extended_l2(), self.has_data_file) {
             ClusterType::Compressed => {
@@ -626,7 +629,7 @@ impl Qcow2 {
     }
 
     /// Flushes when the write-back caches hold too much.
-    fn flush_if_needed(&self, w: &WriteState) -> Result<()> {
+    pub(super) fn flush_if_needed(&self, w: &WriteState) -> Result<()> {
         let l2_pressure = self.cache.dirty_count() * 2 > self.cache.capacity();
         let mut m = w.meta.lock().unwrap_or_else(|e| e.into_inner());
         if l2_pressure || m.alloc.wants_flush() {
@@ -687,6 +690,8 @@ impl Qcow2 {
         if m.alloc.has_pending_frees() {
             self.sync()?;
             let freed = m.alloc.apply_frees(st)?;
+            // The cluster compressed data was being packed into may be free now.
+            m.compressed_next = None;
             let mut sync = || self.sync();
             m.alloc.write_back(st, &mut sync)?;
             for (off, len) in freed {
