@@ -511,7 +511,7 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
                 &fmt,
                 format,
                 size,
-                &vals,
+                vals,
                 &backing_file,
                 &backing_fmt
             )
