@@ -506,15 +506,7 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
     if !quiet {
         println!(
             "{}",
-            formatting_line(
-                &file,
-                &fmt,
-                format,
-                size,
-                vals,
-                &backing_file,
-                &backing_fmt
-            )
+            formatting_line(&file, &fmt, format, size, vals, &backing_file, &backing_fmt)
         );
     }
 
