@@ -22,14 +22,7 @@ pub fn open_image(
     fmt: Option<&str>,
     how: OpenHow,
 ) -> Result<Arc<dyn BlockDevice>, String> {
-    let shown = path.to_string_lossy();
-    let format = match fmt {
-        Some(f) => Some(
-            f.parse::<Format>()
-                .map_err(|e| format!("Could not open '{shown}': {}", e.message()))?,
-        ),
-        None => None,
-    };
+    let format = parse_format(path, fmt)?;
     let warn: diskimg::WarningSink = Arc::new(crate::ctx::print_warning);
     let opts = OpenOptions {
         format,
@@ -50,13 +43,7 @@ pub fn open_image_writable(
     fmt: Option<&str>,
 ) -> Result<Arc<dyn BlockDevice>, String> {
     let shown = path.to_string_lossy();
-    let format = match fmt {
-        Some(f) => Some(
-            f.parse::<Format>()
-                .map_err(|e| format!("Could not open '{shown}': {}", e.message()))?,
-        ),
-        None => None,
-    };
+    let format = parse_format(path, fmt)?;
     let warn: diskimg::WarningSink = Arc::new(crate::ctx::print_warning);
     let opts = OpenOptions {
         format,
@@ -71,6 +58,20 @@ pub fn open_image_writable(
         );
     }
     Ok(dev)
+}
+
+/// The format named by `-f`, with qemu-img's error for an unknown one.
+fn parse_format(path: &OsStr, fmt: Option<&str>) -> Result<Option<Format>, String> {
+    match fmt {
+        Some(f) => f.parse::<Format>().map(Some).map_err(|e| {
+            format!(
+                "Could not open '{}': {}",
+                path.to_string_lossy(),
+                e.message()
+            )
+        }),
+        None => Ok(None),
+    }
 }
 
 fn open_with(path: &OsStr, opts: &OpenOptions) -> Result<Arc<dyn BlockDevice>, String> {
