@@ -70,7 +70,8 @@ fn be_u64s(buf: &[u8]) -> Vec<u64> {
         .collect()
 }
 
-fn set_block_entry(block: &mut [u8], index: u64, order: u32, value: u64) {
+/// Stores entry `index` of a refcount block of `1 << order`-bit entries.
+pub fn set_block_entry(block: &mut [u8], index: u64, order: u32, value: u64) {
     let bits = 1u64 << order;
     let bit = index * bits;
     let byte = (bit / 8) as usize;
@@ -211,7 +212,7 @@ impl Allocator {
 
     /// Sets the refcount of cluster `index`, creating its refcount block
     /// when there is none.
-    fn set_refcount(&mut self, storage: &dyn Storage, index: u64, value: u64) -> Result<()> {
+    pub fn set_refcount(&mut self, storage: &dyn Storage, index: u64, value: u64) -> Result<()> {
         let bb = self.block_bits();
         let bi = index >> bb;
         if self.block(storage, bi)?.is_none() {

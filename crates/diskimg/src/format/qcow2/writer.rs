@@ -50,7 +50,7 @@ pub(super) struct WriteState {
 }
 
 /// Metadata state changed under the metadata lock.
-pub(super) struct Meta {
+pub(in crate::format) struct Meta {
     pub(super) alloc: Allocator,
     /// L1 entries `[lo, hi)` changed since the last write-back.
     pub(super) l1_dirty: Option<(usize, usize)>,
