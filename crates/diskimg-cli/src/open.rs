@@ -22,6 +22,17 @@ pub fn open_image(
     fmt: Option<&str>,
     how: OpenHow,
 ) -> Result<Arc<dyn BlockDevice>, String> {
+    open_image_mode(path, fmt, how, false)
+}
+
+/// Opens `path` as [`open_image`] does, for writing when `writable`
+/// (backing files stay read-only).
+pub fn open_image_mode(
+    path: &OsStr,
+    fmt: Option<&str>,
+    how: OpenHow,
+    writable: bool,
+) -> Result<Arc<dyn BlockDevice>, String> {
     let shown = path.to_string_lossy();
     let format = match fmt {
         Some(f) => Some(
@@ -33,7 +44,7 @@ pub fn open_image(
     let warn: diskimg::WarningSink = Arc::new(crate::ctx::print_warning);
     let opts = OpenOptions {
         format,
-        writable: false,
+        writable,
         open_backing: how.backing,
         open_data_file: how.data_file,
         warnings: Some(warn),
