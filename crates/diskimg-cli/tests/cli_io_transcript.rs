@@ -420,8 +420,9 @@ fn session_and_other_commands() {
     ]);
 }
 
-/// Writes to qcow2 images need the library's qcow2 write path; these cases
-/// are kept apart so that their state is visible at a glance.
+/// Writes to qcow2 images, alone and in chains: allocating, sub-cluster,
+/// zero, compressed, discard, resize. They run on the library's qcow2
+/// write path and have their own test so that its state shows at a glance.
 #[test]
 #[rustfmt::skip]
 fn qcow2_writes_match_qemu_io() {
@@ -437,6 +438,25 @@ fn qcow2_writes_match_qemu_io() {
         c(&["-c", "truncate 512k", "-c", "length", "-c", "truncate 1000", "b.qcow2"]),
         c(&["-c", "write -P 0x77 0 64k", "x.qcow2"]),
         c(&["-c", "write -c -P 0x78 64k 64k", "-c", "read -P 0x78 64k 64k", "e.qcow2"]),
+        // Compressed writes: whole clusters or the tail only, never over a
+        // cluster the image holds (EIO, as QEMU's qcow2).
+        c(&["-c", "write -c 0 64k", "-c", "write -c 4k 64k", "-c", "write -c 0 4k", "-c", "write -c 960k 64k", "-c", "map", "b.qcow2"]),
+        c(&["-c", "write -c -P 1 256k 128k", "-c", "read -P 1 256k 128k", "-c", "write -c 448k 96k", "-c", "write -c 1008k 16k", "-c", "write -c 512k 0", "-c", "map", "b.qcow2"]),
+        c(&["-c", "write -c -P 0x79 192k 64k", "-c", "write -c 64k 64k", "-c", "read -P 0x44 192k 64k", "t.qcow2"]),
+        c(&["-c", "write -z 256k 64k", "-c", "write -c 256k 64k", "-c", "write -z -u 320k 64k", "-c", "write -c -q 320k 64k", "-c", "map", "e.qcow2"]),
+        // Sub-cluster writes into an overlay copy the rest from the backing file.
+        c(&["-c", "write -P 0x7a 70000 100", "-c", "write -P 0x7b 200k 1", "-c", "read -P 0x44 192k 8k", "-c", "read -v 204790 20", "-c", "map", "t.qcow2"]),
+        c(&["-c", "write -P 0x7c 4k 4k", "-c", "write -z 8k 4k", "-c", "read -P 0 8k 4k", "-c", "map", "-c", "alloc 0 64k", "x.qcow2"]),
+        c(&["-c", "write -z 0 64k", "-c", "write -z 1k 1k", "-c", "discard 0 64k", "-c", "read -P 0 0 64k", "-c", "map", "v2.qcow2"]),
+        c(&["-c", "truncate -m metadata 2M", "-c", "map", "-c", "truncate -m falloc 3M", "-c", "truncate -m full 4M", "-c", "length", "-c", "read -P 0 1M 3M", "e.qcow2"]),
+        c(&["-c", "truncate -m foo 2M", "-c", "truncate 1000", "-c", "truncate 0", "-c", "length", "-c", "map", "b.qcow2"]),
+        c(&["-c", "aio_write -z -u 0 128k", "-c", "aio_flush", "-c", "map", "-c", "read -P 0x33 0 64k", "t.qcow2"]),
+        c(&["-c", "write 1M 1", "-c", "write -z 1023k 2k", "-c", "discard 1023k 2k", "-c", "write -f -P 0x7d 0 512", "e.qcow2"]),
+        c(&["-t", "none", "-c", "write -P 0x7e 0 128k", "-c", "reopen -r", "-c", "write 0 1", "-c", "reopen -w", "-c", "write -q 128k 4k", "-c", "map", "e.qcow2"]),
+        Case {
+            args: &["t.qcow2"],
+            stdin: Some("write -P 0x7f 96k 64k\nread -P 0x7f 96k 64k\nmap\nflush\nquit\n"),
+        },
     ]);
 }
 

@@ -95,11 +95,11 @@ pub fn read_f(s: &mut Session, argv: &[String]) -> CmdResult {
     }
     let pat_len = pat_len as u64;
     if vmstate {
-        if offset % 512 != 0 {
+        if !offset.is_multiple_of(512) {
             println!("{offset} is not a sector-aligned value for 'offset'");
             return Err(Failed);
         }
-        if count % 512 != 0 {
+        if !count.is_multiple_of(512) {
             println!("{count} is not a sector-aligned value for 'count'");
             return Err(Failed);
         }

@@ -8,7 +8,7 @@ use super::num::REQUEST_MAX_BYTES;
 use super::output::report;
 use super::read::{bad_option, iovec_total, num, pattern};
 use super::request::{self, buffer, timed};
-use super::session::{Image, Session};
+use super::session::Session;
 use super::table::{usage_line, CmdResult, Failed};
 
 /// Fills a buffer of `len` bytes with the bytes of `path`, repeated
@@ -46,19 +46,6 @@ fn from_file(path: &str, len: u64) -> Result<Vec<u8>, Failed> {
         p += n;
     }
     Ok(buf)
-}
-
-/// A compressed write. diskimg's images take no compressed data through
-/// the block device interface: raw refuses as QEMU's raw does; for other
-/// formats stderr says what is missing.
-fn write_compressed(s: &Session, img: &Image) -> Result<(), String> {
-    let fmt = img.dev.info().format;
-    if fmt != "raw" {
-        s.error(format!(
-            "compressed writes (write -c) to {fmt} images are not implemented by diskimg"
-        ));
-    }
-    Err("Operation not supported".to_string())
 }
 
 /// `write [-bcCfnqruz] [-P pattern | -s source_file] off len`
@@ -116,11 +103,11 @@ pub fn write_f(s: &mut Session, argv: &[String]) -> CmdResult {
         return Err(Failed);
     }
     if vmstate || compressed {
-        if offset % 512 != 0 {
+        if !offset.is_multiple_of(512) {
             println!("{offset} is not a sector-aligned value for 'offset'");
             return Err(Failed);
         }
-        if count % 512 != 0 {
+        if !count.is_multiple_of(512) {
             println!("{count} is not a sector-aligned value for 'count'");
             return Err(Failed);
         }
@@ -146,7 +133,7 @@ pub fn write_f(s: &mut Session, argv: &[String]) -> CmdResult {
         } else if zero {
             request::write_zeroes(s, img, offset, count, unmap, fua)
         } else if compressed {
-            request::check_request(img, offset, count).and_then(|()| write_compressed(s, img))
+            request::write_compressed(s, img, &buf, offset)
         } else {
             request::write(s, img, &buf, offset, fua)
         }
