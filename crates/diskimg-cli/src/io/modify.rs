@@ -9,6 +9,7 @@ use super::read::{bad_option, num};
 use super::request::{self, timed};
 use super::session::Session;
 use super::table::{usage_line, CmdResult, Failed};
+use crate::size::SizeError;
 
 /// `discard [-Cq] off len`
 pub fn discard_f(s: &mut Session, argv: &[String]) -> CmdResult {
@@ -70,17 +71,16 @@ pub fn truncate_f(s: &mut Session, argv: &[String]) -> CmdResult {
         }
     }
     // qemu-io reads the size from the first operand and ignores any
-    // further one; without an operand it would read past its argument
-    // list, where diskimg prints the synopsis instead.
-    let Some(size_arg) = p.operands.first() else {
-        print!("{}", usage_line("truncate"));
-        return Err(Failed);
+    // further one. Its error message names argv[1], which is the -m option
+    // when one was given, and with no operand at all it parses nothing and
+    // reports that; both copied on purpose.
+    let parsed = match p.operands.first() {
+        Some(a) => cvtnum(a),
+        None => Err(SizeError::Invalid),
     };
-    let size = match cvtnum(size_arg) {
+    let size = match parsed {
         Ok(v) => v,
         Err(e) => {
-            // qemu-io names argv[1] in this message, which is the -m
-            // option when one was given; copied on purpose.
             print!("{}", cvtnum_error(e, &argv[1]));
             return Err(Failed);
         }
