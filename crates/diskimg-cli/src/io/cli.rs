@@ -41,7 +41,7 @@ const LONGS: &[LongOpt] = &[
 ];
 
 fn usage(name: &str, diskimg: bool) {
-    print!(
+    out!(
         "Usage: {name} [OPTIONS]... [-c STRING]... [file]
 QEMU Disk exerciser
 
@@ -132,14 +132,14 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
             Item::Opt('V', _) => {
                 let ours = env!("CARGO_PKG_VERSION");
                 if diskimg {
-                    println!(
+                    outln!(
                         "diskimg io version {ours} (follows qemu-io {})",
                         crate::VERSION_QEMU
                     );
                 } else {
-                    println!("qemu-io version {} (diskimg {ours})", crate::VERSION_QEMU);
+                    outln!("qemu-io version {} (diskimg {ours})", crate::VERSION_QEMU);
                 }
-                println!("diskimg: virtual disk images in QEMU's formats; MIT OR Apache-2.0");
+                outln!("diskimg: virtual disk images in QEMU's formats; MIT OR Apache-2.0");
                 return 0;
             }
             Item::Opt('h', _) => {
@@ -214,12 +214,12 @@ fn interactive(s: &mut Session) -> bool {
     let mut input = std::io::stdin().lock();
     let mut failed = false;
     while !s.quit {
-        print!("{PROMPT}");
+        out!("{PROMPT}");
         let _ = std::io::stdout().flush();
         let Some(line) = fetch_line(&mut input) else {
             if tty {
                 // Ctrl-D at the prompt: qemu-io ends the prompt's line.
-                println!();
+                outln!();
             }
             break;
         };

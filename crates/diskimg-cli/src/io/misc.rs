@@ -18,15 +18,15 @@ pub fn help_f(_s: &mut Session, argv: &[String]) -> CmdResult {
             out.push_str(&help_line(c.name, c));
         }
         out.push_str("\nUse 'help commandname' for extended help.\n");
-        print!("{out}");
+        out!("{out}");
         return Ok(());
     };
     let Some(c) = find(name) else {
-        println!("command {name} not found");
+        outln!("command {name} not found");
         return Err(Failed);
     };
     // The synopsis shows the name as the user typed it ("r" for read).
-    print!("{}{}", help_line(name, c), c.help.unwrap_or(""));
+    out!("{}{}", help_line(name, c), c.help.unwrap_or(""));
     Ok(())
 }
 
@@ -34,7 +34,7 @@ pub fn help_f(_s: &mut Session, argv: &[String]) -> CmdResult {
 pub fn sleep_f(_s: &mut Session, argv: &[String]) -> CmdResult {
     let (ms, rest) = strtol(&argv[1]);
     if ms < 0 || !rest.is_empty() {
-        println!("{} is not a valid number", argv[1]);
+        outln!("{} is not a valid number", argv[1]);
         return Err(Failed);
     }
     std::thread::sleep(Duration::from_millis(ms as u64));
@@ -51,7 +51,7 @@ pub fn sigraise_f(_s: &mut Session, argv: &[String]) -> CmdResult {
     let sig = num(&argv[1])?;
     // NSIG on Linux: 65 (signals 1 to 64).
     if sig > 65 {
-        println!(
+        outln!(
             "signal argument '{}' is too large to be a valid signal",
             argv[1]
         );
@@ -70,13 +70,13 @@ pub fn sigraise_f(_s: &mut Session, argv: &[String]) -> CmdResult {
 /// `break event tag`: breakpoints need QEMU's blkdebug driver, which
 /// diskimg has not; qemu-io answers the same on an image without it.
 pub fn break_f(_s: &mut Session, _argv: &[String]) -> CmdResult {
-    println!("Could not set breakpoint: Operation not supported");
+    outln!("Could not set breakpoint: Operation not supported");
     Err(Failed)
 }
 
 /// `remove_break tag`
 pub fn remove_break_f(_s: &mut Session, argv: &[String]) -> CmdResult {
-    println!(
+    outln!(
         "Could not remove breakpoint {}: Operation not supported",
         argv[1]
     );
@@ -85,7 +85,7 @@ pub fn remove_break_f(_s: &mut Session, argv: &[String]) -> CmdResult {
 
 /// `resume tag`
 pub fn resume_f(_s: &mut Session, _argv: &[String]) -> CmdResult {
-    println!("Could not resume request: Operation not supported");
+    outln!("Could not resume request: Operation not supported");
     Err(Failed)
 }
 
@@ -116,6 +116,6 @@ pub fn zone_f(_s: &mut Session, argv: &[String]) -> CmdResult {
     for a in args {
         num(a)?;
     }
-    println!("zone {what} failed: Operation not supported");
+    outln!("zone {what} failed: Operation not supported");
     Err(Failed)
 }

@@ -16,6 +16,26 @@
 //! [`modify`], [`query`], [`misc`]), [`request`] the checked guest I/O,
 //! [`output`] and [`num`] qemu-io's formats, [`getopt`] GNU getopt.
 
+/// Prints to stdout as qemu-io's printf does: a closed pipe does not stop
+/// the program (qemu-io ignores SIGPIPE and printf's failures).
+macro_rules! out {
+    ($($t:tt)*) => {
+        $crate::io::output::emit(&format!($($t)*))
+    };
+}
+
+/// [`out!`] with a newline.
+macro_rules! outln {
+    () => {
+        $crate::io::output::emit("\n")
+    };
+    ($($t:tt)*) => {{
+        let mut s = format!($($t)*);
+        s.push('\n');
+        $crate::io::output::emit(&s)
+    }};
+}
+
 mod cli;
 mod getopt;
 mod help_text;

@@ -24,23 +24,23 @@ pub fn discard_f(s: &mut Session, argv: &[String]) -> CmdResult {
         }
     }
     let [off_arg, len_arg] = p.operands.as_slice() else {
-        print!("{}", usage_line("discard"));
+        out!("{}", usage_line("discard"));
         return Err(Failed);
     };
     let offset = num(off_arg)?;
     let bytes = num(len_arg)?;
     if bytes > REQUEST_MAX_BYTES {
-        println!("length cannot exceed {REQUEST_MAX_BYTES}, given {len_arg}");
+        outln!("length cannot exceed {REQUEST_MAX_BYTES}, given {len_arg}");
         return Err(Failed);
     }
     let img = s.image()?;
     let (r, t) = timed(|| request::discard(s, img, offset, bytes));
     if let Err(e) = r {
-        println!("discard failed: {e}");
+        outln!("discard failed: {e}");
         return Err(Failed);
     }
     if !quiet {
-        print!("{}", report("discard", t, offset, bytes, bytes, 1, csv));
+        out!("{}", report("discard", t, offset, bytes, bytes, 1, csv));
     }
     Ok(())
 }
@@ -81,7 +81,7 @@ pub fn truncate_f(s: &mut Session, argv: &[String]) -> CmdResult {
     let size = match parsed {
         Ok(v) => v,
         Err(e) => {
-            print!("{}", cvtnum_error(e, &argv[1]));
+            out!("{}", cvtnum_error(e, &argv[1]));
             return Err(Failed);
         }
     };

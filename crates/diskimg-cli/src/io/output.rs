@@ -4,6 +4,12 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+/// Writes `s` to stdout; errors (a closed pipe) are ignored.
+pub fn emit(s: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(s.as_bytes());
+}
+
 const KIB: f64 = (1u64 << 10) as f64;
 const MIB: f64 = (1u64 << 20) as f64;
 const GIB: f64 = (1u64 << 30) as f64;

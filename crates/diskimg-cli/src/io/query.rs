@@ -12,7 +12,7 @@ use super::table::{CmdResult, Failed};
 /// `length`: the guest size.
 pub fn length_f(s: &mut Session, _argv: &[String]) -> CmdResult {
     let img = s.image()?;
-    println!("{}", cvtstr(img.dev.size() as f64));
+    outln!("{}", cvtstr(img.dev.size() as f64));
     Ok(())
 }
 
@@ -45,7 +45,7 @@ pub fn info_f(s: &mut Session, _argv: &[String]) -> CmdResult {
     if let Some(spec) = &info.specific {
         out.push_str(&crate::info::format_specific_text(spec));
     }
-    print!("{out}");
+    out!("{out}");
     Ok(())
 }
 
@@ -73,7 +73,7 @@ pub fn alloc_f(s: &mut Session, argv: &[String]) -> CmdResult {
         let (alloc, n) = match is_allocated(img.dev.as_ref(), offset, remaining) {
             Ok(r) => r,
             Err(e) => {
-                println!("is_allocated failed: {}", errno_text(&e));
+                outln!("is_allocated failed: {}", errno_text(&e));
                 return Err(Failed);
             }
         };
@@ -87,7 +87,7 @@ pub fn alloc_f(s: &mut Session, argv: &[String]) -> CmdResult {
             remaining = 0;
         }
     }
-    println!(
+    outln!(
         "{sum}/{count} bytes allocated at offset {}",
         cvtstr(start as f64)
     );
@@ -118,7 +118,7 @@ pub fn map_f(s: &mut Session, _argv: &[String]) -> CmdResult {
         let (alloc, n) = match run {
             Ok(r) => r,
             Err(e) => {
-                print!("{out}");
+                out!("{out}");
                 s.error(format!(
                     "Failed to get allocation status: {}",
                     errno_text(&e)
@@ -127,7 +127,7 @@ pub fn map_f(s: &mut Session, _argv: &[String]) -> CmdResult {
             }
         };
         if n == 0 {
-            print!("{out}");
+            out!("{out}");
             s.error("Unexpected end of image");
             return Err(Failed);
         }
@@ -144,7 +144,7 @@ pub fn map_f(s: &mut Session, _argv: &[String]) -> CmdResult {
         offset += n;
         bytes -= n;
     }
-    print!("{out}");
+    out!("{out}");
     Ok(())
 }
 

@@ -11,14 +11,14 @@ use super::table::{usage_line, CmdResult, Failed};
 /// Prints a bad option's message and the command's synopsis.
 pub fn bad_option(cmd: &str, msg: &str) -> CmdResult {
     eprintln!("{msg}");
-    print!("{}", usage_line(cmd));
+    out!("{}", usage_line(cmd));
     Err(Failed)
 }
 
 /// Parses a size operand, printing qemu-io's message when it is bad.
 pub fn num(arg: &str) -> Result<u64, Failed> {
     cvtnum(arg).map_err(|e| {
-        print!("{}", cvtnum_error(e, arg));
+        out!("{}", cvtnum_error(e, arg));
         Failed
     })
 }
@@ -26,7 +26,7 @@ pub fn num(arg: &str) -> Result<u64, Failed> {
 /// Parses a pattern option, printing qemu-io's message when it is bad.
 pub fn pattern(arg: &str) -> Result<u8, Failed> {
     parse_pattern(arg).map_err(|m| {
-        print!("{m}");
+        out!("{m}");
         Failed
     })
 }
@@ -38,11 +38,11 @@ pub fn iovec_total(lens: &[String]) -> Result<u64, Failed> {
     for arg in lens {
         let len = num(arg)?;
         if len > REQUEST_MAX_BYTES {
-            println!("Argument '{arg}' exceeds maximum size {REQUEST_MAX_BYTES}");
+            outln!("Argument '{arg}' exceeds maximum size {REQUEST_MAX_BYTES}");
             return Err(Failed);
         }
         if total > REQUEST_MAX_BYTES - len {
-            println!("The total number of bytes exceed the maximum size {REQUEST_MAX_BYTES}");
+            outln!("The total number of bytes exceed the maximum size {REQUEST_MAX_BYTES}");
             return Err(Failed);
         }
         total += len;
@@ -74,50 +74,50 @@ pub fn read_f(s: &mut Session, argv: &[String]) -> CmdResult {
         }
     }
     let [off_arg, len_arg] = p.operands.as_slice() else {
-        print!("{}", usage_line("read"));
+        out!("{}", usage_line("read"));
         return Err(Failed);
     };
     let offset = num(off_arg)?;
     let count = num(len_arg)?;
     if count > REQUEST_MAX_BYTES {
-        println!("length cannot exceed {REQUEST_MAX_BYTES}, given {len_arg}");
+        outln!("length cannot exceed {REQUEST_MAX_BYTES}, given {len_arg}");
         return Err(Failed);
     }
     if pat.is_none() && (pat_len.is_some() || pat_off.is_some()) {
-        print!("{}", usage_line("read"));
+        out!("{}", usage_line("read"));
         return Err(Failed);
     }
     let pat_off = pat_off.unwrap_or(0);
     let pat_len = pat_len.map_or(count as i128 - pat_off as i128, i128::from);
     if pat_len < 0 || pat_len + pat_off as i128 > count as i128 {
-        println!("pattern verification range exceeds end of read data");
+        outln!("pattern verification range exceeds end of read data");
         return Err(Failed);
     }
     let pat_len = pat_len as u64;
     if vmstate {
         if !offset.is_multiple_of(512) {
-            println!("{offset} is not a sector-aligned value for 'offset'");
+            outln!("{offset} is not a sector-aligned value for 'offset'");
             return Err(Failed);
         }
         if !count.is_multiple_of(512) {
-            println!("{count} is not a sector-aligned value for 'count'");
+            outln!("{count} is not a sector-aligned value for 'count'");
             return Err(Failed);
         }
         s.error("the VM state area (read -b) is not supported by diskimg");
-        println!("read failed: Operation not supported");
+        outln!("read failed: Operation not supported");
         return Err(Failed);
     }
     let img = s.image()?;
     let mut buf = match buffer(count, 0xab) {
         Ok(b) => b,
         Err(e) => {
-            println!("read failed: {e}");
+            outln!("read failed: {e}");
             return Err(Failed);
         }
     };
     let (r, t) = timed(|| request::read(s, img, &mut buf, offset));
     if let Err(e) = r {
-        println!("read failed: {e}");
+        outln!("read failed: {e}");
         return Err(Failed);
     }
     let mut ret = Ok(());
@@ -125,7 +125,7 @@ pub fn read_f(s: &mut Session, argv: &[String]) -> CmdResult {
         let start = pat_off as usize;
         let end = start + pat_len as usize;
         if buf[start..end].iter().any(|&b| b != pv) {
-            println!(
+            outln!(
                 "Pattern verification failed at offset {}, {pat_len} bytes",
                 offset + pat_off
             );
@@ -136,9 +136,9 @@ pub fn read_f(s: &mut Session, argv: &[String]) -> CmdResult {
         return ret;
     }
     if dump {
-        print!("{}", hexdump(&buf, offset));
+        out!("{}", hexdump(&buf, offset));
     }
-    print!("{}", report("read", t, offset, count, count, 1, csv));
+    out!("{}", report("read", t, offset, count, count, 1, csv));
     ret
 }
 
@@ -171,7 +171,7 @@ fn parse_vec_read(name: &str, argv: &[String], spec: &str) -> Result<Option<VecR
             Item::Opt('v', _) => v.dump = true,
             Item::Opt('i', _) => {
                 // qemu-io only counts an invalid request in its statistics.
-                println!("injecting invalid read request");
+                outln!("injecting invalid read request");
                 return Ok(None);
             }
             Item::Bad(m) => {
@@ -181,7 +181,7 @@ fn parse_vec_read(name: &str, argv: &[String], spec: &str) -> Result<Option<VecR
         }
     }
     if v.operands.len() < 2 {
-        print!("{}", usage_line(name));
+        out!("{}", usage_line(name));
         return Err(Failed);
     }
     Ok(Some(v))
@@ -198,19 +198,19 @@ fn vec_read(s: &mut Session, v: VecRead, aio: bool) -> CmdResult {
     let mut buf = match buffer(count, 0xab) {
         Ok(b) => b,
         Err(e) => {
-            println!("readv failed: {e}");
+            outln!("readv failed: {e}");
             return fail;
         }
     };
     let (r, t) = timed(|| request::read(s, img, &mut buf, offset));
     if let Err(e) = r {
-        println!("readv failed: {e}");
+        outln!("readv failed: {e}");
         return fail;
     }
     let mut ret = Ok(());
     if let Some(pv) = v.pat {
         if buf.iter().any(|&b| b != pv) {
-            println!("Pattern verification failed at offset {offset}, {count} bytes");
+            outln!("Pattern verification failed at offset {offset}, {count} bytes");
             if !aio {
                 ret = Err(Failed);
             }
@@ -220,9 +220,9 @@ fn vec_read(s: &mut Session, v: VecRead, aio: bool) -> CmdResult {
         return ret;
     }
     if v.dump {
-        print!("{}", hexdump(&buf, offset));
+        out!("{}", hexdump(&buf, offset));
     }
-    print!("{}", report("read", t, offset, count, count, 1, v.csv));
+    out!("{}", report("read", t, offset, count, count, 1, v.csv));
     ret
 }
 

@@ -315,7 +315,7 @@ pub fn open_f(s: &mut Session, argv: &[String]) -> CmdResult {
             }
             Item::Opt('o', Some(o)) => {
                 if s.image_opts {
-                    println!("--image-opts and 'open -o' are mutually exclusive");
+                    outln!("--image-opts and 'open -o' are mutually exclusive");
                     return Err(Failed);
                 }
                 if let Err(m) = spec.add_options(o, false, &mut flags) {
@@ -325,7 +325,7 @@ pub fn open_f(s: &mut Session, argv: &[String]) -> CmdResult {
             }
             Item::Bad(m) => {
                 eprintln!("{m}");
-                print!("{}", usage_line("open"));
+                out!("{}", usage_line("open"));
                 return Err(Failed);
             }
             Item::Opt(..) => {}
@@ -343,7 +343,7 @@ pub fn open_f(s: &mut Session, argv: &[String]) -> CmdResult {
         [name] => s.open(Some(name), spec, flags),
         [] => s.open(None, spec, flags),
         _ => {
-            print!("{}", usage_line("open"));
+            out!("{}", usage_line("open"));
             Err(Failed)
         }
     }
@@ -392,14 +392,14 @@ pub fn reopen_f(s: &mut Session, argv: &[String]) -> CmdResult {
             }
             Item::Bad(m) => {
                 eprintln!("{m}");
-                print!("{}", usage_line("reopen"));
+                out!("{}", usage_line("reopen"));
                 return Err(Failed);
             }
             Item::Opt(..) => {}
         }
     }
     if !p.operands.is_empty() {
-        print!("{}", usage_line("reopen"));
+        out!("{}", usage_line("reopen"));
         return Err(Failed);
     }
     if flags.read_only == img.flags.read_only {

@@ -73,42 +73,42 @@ pub fn write_f(s: &mut Session, argv: &[String]) -> CmdResult {
         }
     }
     let [off_arg, len_arg] = p.operands.as_slice() else {
-        print!("{}", usage_line("write"));
+        out!("{}", usage_line("write"));
         return Err(Failed);
     };
     if vmstate && zero {
-        println!("-b and -z cannot be specified at the same time");
+        outln!("-b and -z cannot be specified at the same time");
         return Err(Failed);
     }
     if fua && (vmstate || compressed) {
-        println!("-f and -b or -c cannot be specified at the same time");
+        outln!("-f and -b or -c cannot be specified at the same time");
         return Err(Failed);
     }
     if no_fallback && !zero {
-        println!("-n requires -z to be specified");
+        outln!("-n requires -z to be specified");
         return Err(Failed);
     }
     if unmap && !zero {
-        println!("-u requires -z to be specified");
+        outln!("-u requires -z to be specified");
         return Err(Failed);
     }
     if u8::from(zero) + u8::from(pat.is_some()) + u8::from(source.is_some()) > 1 {
-        println!("Only one of -z, -P, and -s can be specified at the same time");
+        outln!("Only one of -z, -P, and -s can be specified at the same time");
         return Err(Failed);
     }
     let offset = num(off_arg)?;
     let count = num(len_arg)?;
     if count > REQUEST_MAX_BYTES && !no_fallback {
-        println!("length cannot exceed {REQUEST_MAX_BYTES} without -n, given {len_arg}");
+        outln!("length cannot exceed {REQUEST_MAX_BYTES} without -n, given {len_arg}");
         return Err(Failed);
     }
     if vmstate || compressed {
         if !offset.is_multiple_of(512) {
-            println!("{offset} is not a sector-aligned value for 'offset'");
+            outln!("{offset} is not a sector-aligned value for 'offset'");
             return Err(Failed);
         }
         if !count.is_multiple_of(512) {
-            println!("{count} is not a sector-aligned value for 'count'");
+            outln!("{count} is not a sector-aligned value for 'count'");
             return Err(Failed);
         }
     }
@@ -121,7 +121,7 @@ pub fn write_f(s: &mut Session, argv: &[String]) -> CmdResult {
         match buffer(count, pat.unwrap_or(0xcd)) {
             Ok(b) => b,
             Err(e) => {
-                println!("write failed: {e}");
+                outln!("write failed: {e}");
                 return Err(Failed);
             }
         }
@@ -139,11 +139,11 @@ pub fn write_f(s: &mut Session, argv: &[String]) -> CmdResult {
         }
     });
     if let Err(e) = r {
-        println!("write failed: {e}");
+        outln!("write failed: {e}");
         return Err(Failed);
     }
     if !quiet {
-        print!("{}", report("wrote", t, offset, count, count, 1, csv));
+        out!("{}", report("wrote", t, offset, count, count, 1, csv));
     }
     Ok(())
 }
@@ -165,7 +165,7 @@ pub fn writev_f(s: &mut Session, argv: &[String]) -> CmdResult {
         }
     }
     if p.operands.len() < 2 {
-        print!("{}", usage_line("writev"));
+        out!("{}", usage_line("writev"));
         return Err(Failed);
     }
     let offset = num(&p.operands[0])?;
@@ -174,17 +174,17 @@ pub fn writev_f(s: &mut Session, argv: &[String]) -> CmdResult {
     let buf = match buffer(count, pat) {
         Ok(b) => b,
         Err(e) => {
-            println!("writev failed: {e}");
+            outln!("writev failed: {e}");
             return Err(Failed);
         }
     };
     let (r, t) = timed(|| request::write(s, img, &buf, offset, fua));
     if let Err(e) = r {
-        println!("writev failed: {e}");
+        outln!("writev failed: {e}");
         return Err(Failed);
     }
     if !quiet {
-        print!("{}", report("wrote", t, offset, count, count, 1, csv));
+        out!("{}", report("wrote", t, offset, count, count, 1, csv));
     }
     Ok(())
 }
@@ -225,7 +225,7 @@ pub fn aio_write_f(s: &mut Session, argv: &[String]) -> CmdResult {
             Item::Opt('u', _) => unmap = true,
             Item::Opt('P', Some(a)) => pat = pattern(a)?,
             Item::Opt('i', _) => {
-                println!("injecting invalid write request");
+                outln!("injecting invalid write request");
                 return Ok(());
             }
             Item::Opt('z', _) => zero = true,
@@ -234,15 +234,15 @@ pub fn aio_write_f(s: &mut Session, argv: &[String]) -> CmdResult {
         }
     }
     if p.operands.len() < 2 {
-        print!("{}", usage_line("aio_write"));
+        out!("{}", usage_line("aio_write"));
         return Err(Failed);
     }
     if zero && p.operands.len() != 2 {
-        println!("-z supports only a single length parameter");
+        outln!("-z supports only a single length parameter");
         return Err(Failed);
     }
     if unmap && !zero {
-        println!("-u requires -z to be specified");
+        outln!("-u requires -z to be specified");
         return Err(Failed);
     }
     // qemu-io's "-z and -P cannot be specified at the same time" check
@@ -255,8 +255,8 @@ pub fn aio_write_f(s: &mut Session, argv: &[String]) -> CmdResult {
         let r = request::write_zeroes(s, img, offset, count, unmap, fua);
         let t = since_clock_origin();
         match r {
-            Err(e) => println!("aio_write failed: {e}"),
-            Ok(()) if !quiet => print!("{}", report("wrote", t, offset, count, count, 1, csv)),
+            Err(e) => outln!("aio_write failed: {e}"),
+            Ok(()) if !quiet => out!("{}", report("wrote", t, offset, count, count, 1, csv)),
             Ok(()) => {}
         }
         return Ok(());
@@ -265,14 +265,14 @@ pub fn aio_write_f(s: &mut Session, argv: &[String]) -> CmdResult {
     let buf = match buffer(count, pat) {
         Ok(b) => b,
         Err(e) => {
-            println!("aio_write failed: {e}");
+            outln!("aio_write failed: {e}");
             return Ok(());
         }
     };
     let (r, t) = timed(|| request::write(s, img, &buf, offset, fua));
     match r {
-        Err(e) => println!("aio_write failed: {e}"),
-        Ok(()) if !quiet => print!("{}", report("wrote", t, offset, count, count, 1, csv)),
+        Err(e) => outln!("aio_write failed: {e}"),
+        Ok(()) if !quiet => out!("{}", report("wrote", t, offset, count, count, 1, csv)),
         Ok(()) => {}
     }
     Ok(())
