@@ -61,7 +61,8 @@ fn qemu_io(cwd: &Path, args: &[&str]) {
 /// - `t.qcow2`: overlay of b.qcow2, 0x55 over [64k, 128k), zeros over [0, 4k);
 /// - `e.qcow2`: empty 1 MiB qcow2;
 /// - `x.qcow2`: 1 MiB qcow2 with extended L2 entries;
-/// - `v2.qcow2`: 1 MiB qcow2 version 2, 0x66 over [0, 64k).
+/// - `v2.qcow2`: 1 MiB qcow2 version 2, 0x66 over [0, 64k);
+/// - `hdr.bin` (not an image): 8 bytes of a qcow2 header.
 #[rustfmt::skip]
 fn make_fixtures(dir: &Path) {
     qemu_img(dir, &["create", "-q", "-f", "raw", "r.raw", "1M"]);
@@ -76,6 +77,8 @@ fn make_fixtures(dir: &Path) {
     qemu_img(dir, &["create", "-q", "-f", "qcow2", "-o", "extended_l2=on", "x.qcow2", "1M"]);
     qemu_img(dir, &["create", "-q", "-f", "qcow2", "-o", "compat=0.10", "v2.qcow2", "1M"]);
     qemu_io(dir, &["-c", "write -q -P 0x66 0 64k", "v2.qcow2"]);
+    // Not an image: the start of a qcow2 header, for `write -s`.
+    std::fs::write(dir.join("hdr.bin"), b"QFI\xfb\0\0\0\x03").expect("write hdr.bin");
 }
 
 const IMAGES: &[&str] = &[
@@ -161,12 +164,13 @@ fn run_in(dir: &Path, prog: &Path, argv0: Option<&str>, pre: &[&str], case: &Cas
 
 fn copy_fixtures(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
-    for f in IMAGES {
+    for f in IMAGES.iter().chain(&["hdr.bin"]) {
         std::fs::copy(from.join(f), to.join(f)).expect("copy fixture");
     }
 }
 
-/// The guest bytes of an image, as `qemu-img convert -O raw` writes them.
+/// The guest bytes of an image, as `qemu-img convert -O raw` writes them
+/// (the format given, since a raw image may hold another format's header).
 fn guest_bytes(dir: &Path, image: &str) -> Vec<u8> {
     let out = dir.join(format!("{image}.converted"));
     let o = run_tool(
@@ -175,6 +179,12 @@ fn guest_bytes(dir: &Path, image: &str) -> Vec<u8> {
         &[
             "convert",
             "-U",
+            "-f",
+            if image.ends_with(".raw") {
+                "raw"
+            } else {
+                "qcow2"
+            },
             "-O",
             "raw",
             image,
@@ -372,6 +382,10 @@ fn errors_and_exit_status() {
         c(&["-f", "raw", "-c", "truncate", "-c", "truncate -m", "-c", "truncate 1 2 3 4", "-c", "truncate -m full", "-c", "length", "r.raw"]),
         c(&["-f", "raw", "-c", "read 0 9223372036854775807", "-c", "read 0 9223372036854775808", "-c", "alloc 9223372036854775807 9223372036854775807", "-c", "discard 9223372036854775807 1", "r.raw"]),
         c(&["-f", "raw", "-c", "write -z -n 0 9223372036854775807", "-c", "aio_write -z 0 9223372036854775807", "-c", "aio_flush", "-c", "readv 0 0", "-c", "read 0x10 0x10", "-c", "read 1.5k 1k", "r.raw"]),
+        // A probed raw image (no -f): qemu-io warns, and refuses writes that
+        // would make the first sector look like another format.
+        c(&["-c", "write -P 0x51 0 512", "-c", "write -s hdr.bin 0 512", "-c", "write -s hdr.bin 0 8", "-c", "write -s hdr.bin 512 512", "-c", "writev -q 0 512", "-c", "read -v 0 16", "r.raw"]),
+        c(&["-f", "raw", "-c", "write -s hdr.bin 0 512", "-c", "read -v 0 16", "r.raw"]),
         c(&["-f", "raw", "-c", "write -s odd.raw 0 3000", "-c", "read -v 990 20", "-c", "write -s nonexist 0 1", "-c", "write -s odd.raw -P 1 0 1", "r.raw"]),
         c(&["-f", "raw", "-c", "sigraise 100", "-c", "sleep 1x", "-c", "length", "r.raw"]),
         c(&["nonexist.raw"]),

@@ -61,9 +61,31 @@ fn settle(s: &Session, img: &Image, fua: bool) -> Result<(), IoError> {
     Ok(())
 }
 
+/// On a probed raw image, refuses (EPERM) a write that would make the
+/// first sector probe as another format, as QEMU's raw driver does.
+fn guard_first_sector(img: &Image, buf: &[u8], offset: u64) -> Result<(), IoError> {
+    if !img.probed_raw || offset >= 512 || buf.is_empty() {
+        return Ok(());
+    }
+    let mut head = vec![0u8; 512];
+    let have = img.dev.size().min(512) as usize;
+    img.dev
+        .read_at(&mut head[..have], 0)
+        .map_err(|e| errno_text(&e))?;
+    let start = offset as usize;
+    let n = buf.len().min(512 - start);
+    head[start..start + n].copy_from_slice(&buf[..n]);
+    let probe = diskimg::io::MemoryStorage::from_bytes("first sector", head);
+    match diskimg::format::probe::probe(&probe) {
+        Ok(diskimg::Format::Raw) => Ok(()),
+        _ => Err("Operation not permitted".to_string()),
+    }
+}
+
 /// Writes `buf` at `offset`.
 pub fn write(s: &Session, img: &Image, buf: &[u8], offset: u64, fua: bool) -> Result<(), IoError> {
     check_request(img, offset, buf.len() as u64)?;
+    guard_first_sector(img, buf, offset)?;
     if !buf.is_empty() {
         img.dev.write_at(buf, offset).map_err(|e| failed(s, &e))?;
     }

@@ -164,6 +164,9 @@ pub struct Image {
     pub flags: OpenFlags,
     /// What was opened (for `reopen`).
     pub spec: OpenSpec,
+    /// The format was probed and found raw: writes may not turn the first
+    /// sector into another format's header (QEMU's rule for probed raw).
+    pub probed_raw: bool,
 }
 
 impl Image {
@@ -237,10 +240,28 @@ impl Session {
             !flags.read_only,
         ) {
             Ok(dev) => {
-                self.image = Some(Image { dev, flags, spec });
+                let probed_raw = spec.driver.is_none() && dev.info().format == "raw";
+                if probed_raw && !flags.read_only {
+                    eprintln!(
+                        "WARNING: Image format was not specified for '{file}' and probing guessed raw.\n         \
+                         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n         \
+                         Specify the 'raw' format explicitly to remove the restrictions."
+                    );
+                }
+                self.image = Some(Image {
+                    dev,
+                    flags,
+                    spec,
+                    probed_raw,
+                });
                 Ok(())
             }
             Err(m) => {
+                // qemu-img puts "Could not open 'F': " before the block
+                // layer's message; qemu-io puts "can't open device F: "
+                // there instead.
+                let outer = format!("Could not open '{file}': ");
+                let m = m.strip_prefix(&outer).unwrap_or(&m);
                 self.error(format!("{prefix}{m}"));
                 Err(Failed)
             }
