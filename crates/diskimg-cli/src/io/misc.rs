@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
+use super::args::num;
 use super::num::strtol;
-use super::read::num;
 use super::session::Session;
 use super::table::{find, help_line, CmdResult, Failed, COMMANDS};
 

@@ -14,7 +14,8 @@
 //! command table and dispatch, [`session`] the open image and
 //! open/close/reopen, one file per command family ([`read`], [`write`],
 //! [`modify`], [`query`], [`misc`]), [`request`] the checked guest I/O,
-//! [`output`] and [`num`] qemu-io's formats, [`getopt`] GNU getopt.
+//! [`output`] and [`num`] qemu-io's formats, [`getopt`] GNU getopt,
+//! [`args`] arguments with qemu-io's messages, [`help_text`] long help.
 
 /// Prints to stdout as qemu-io's printf does: a closed pipe does not stop
 /// the program (qemu-io ignores SIGPIPE and printf's failures).
@@ -36,6 +37,7 @@ macro_rules! outln {
     }};
 }
 
+mod args;
 mod cli;
 mod getopt;
 mod help_text;

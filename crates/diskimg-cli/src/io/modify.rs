@@ -2,10 +2,10 @@
 
 use diskimg::Preallocation;
 
+use super::args::{bad_option, num};
 use super::getopt::{getopt, Item};
 use super::num::{cvtnum, cvtnum_error, REQUEST_MAX_BYTES};
 use super::output::report;
-use super::read::{bad_option, num};
 use super::request::{self, timed};
 use super::session::Session;
 use super::table::{usage_line, CmdResult, Failed};

@@ -4,8 +4,8 @@
 use diskimg::format::FormatSpecific;
 use diskimg::BlockDevice;
 
+use super::args::num;
 use super::output::cvtstr;
-use super::read::num;
 use super::session::{errno_text, Session};
 use super::table::{CmdResult, Failed};
 

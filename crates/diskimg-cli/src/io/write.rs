@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
+use super::args::{bad_option, iovec_total, num, pattern};
 use super::getopt::{getopt, Item};
 use super::num::REQUEST_MAX_BYTES;
 use super::output::report;
-use super::read::{bad_option, iovec_total, num, pattern};
 use super::request::{self, buffer, timed};
 use super::session::Session;
 use super::table::{usage_line, CmdResult, Failed};
