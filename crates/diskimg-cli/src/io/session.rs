@@ -8,7 +8,7 @@ use diskimg::{BlockDevice, Error, ErrorKind};
 
 use super::getopt::{getopt, Item};
 use super::table::{usage_line, CmdResult, Failed};
-use crate::open::{open_image_mode, OpenHow};
+use crate::open::{open_image, open_image_writable, OpenHow};
 
 /// How an image is opened (qemu-io's BDRV_O_* flags that diskimg honours).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,25 +229,21 @@ impl Session {
             ));
             return Err(Failed);
         }
-        let how = OpenHow {
-            backing: true,
-            data_file: true,
+        let path = OsStr::new(&file);
+        let fmt = spec.driver.as_deref();
+        // A writable open of a probed raw image prints qemu's warning.
+        let opened = if flags.read_only {
+            let how = OpenHow {
+                backing: true,
+                data_file: true,
+            };
+            open_image(path, fmt, how)
+        } else {
+            open_image_writable(path, fmt)
         };
-        match open_image_mode(
-            OsStr::new(&file),
-            spec.driver.as_deref(),
-            how,
-            !flags.read_only,
-        ) {
+        match opened {
             Ok(dev) => {
                 let probed_raw = spec.driver.is_none() && dev.info().format == "raw";
-                if probed_raw && !flags.read_only {
-                    eprintln!(
-                        "WARNING: Image format was not specified for '{file}' and probing guessed raw.\n         \
-                         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n         \
-                         Specify the 'raw' format explicitly to remove the restrictions."
-                    );
-                }
                 self.image = Some(Image {
                     dev,
                     flags,
