@@ -422,6 +422,7 @@ fn session_and_other_commands() {
         c(&["-f", "raw", "-c", "reopen -o foo=bar", "-c", "reopen x", "r.raw"]),
         c(&["-f", "raw", "-c", "info", "-c", "i", "-c", "map", "-c", "alloc 0 0", "-c", "alloc 512k 1M", "r.raw"]),
         c(&["--image-opts", "-c", "length", "-c", "read -P 0x11 0 4k", "driver=raw,file.filename=r.raw"]),
+        c(&["--image-opts", "-c", "write -q 0 1", "-c", "read -P 0x55 64k 4k", "driver=qcow2,file.filename=t.qcow2,file.locking=off,file.aio=threads"]),
         c(&["--image-opts", "-c", "open driver=raw,file.filename=r.raw", "-c", "open -o driver=raw r.raw"]),
         // The interactive prompt, reading commands from stdin.
         Case {

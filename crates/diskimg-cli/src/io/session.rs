@@ -101,6 +101,9 @@ impl OpenSpec {
                 "force-share" | "auto-read-only" => {
                     on_off(&key, &value)?;
                 }
+                // diskimg takes no file locks and has one I/O engine.
+                "file.locking" if matches!(value.as_str(), "on" | "off" | "auto") => {}
+                "file.aio" | "aio" if valid_aio(&value) => {}
                 "cache.direct" => {
                     on_off(&key, &value)?;
                 }
@@ -446,8 +449,12 @@ mod tests {
         assert_eq!(split_opts("a=b,,c,d=e"), vec!["a=b,c", "d=e"]);
         let mut spec = OpenSpec::default();
         let mut flags = OpenFlags::default();
-        spec.add_options("x.img,driver=raw,read-only=on", true, &mut flags)
-            .unwrap();
+        spec.add_options(
+            "x.img,driver=raw,read-only=on,file.locking=off",
+            true,
+            &mut flags,
+        )
+        .unwrap();
         assert_eq!(spec.file.as_deref(), Some("x.img"));
         assert_eq!(spec.driver.as_deref(), Some("raw"));
         assert!(flags.read_only);
