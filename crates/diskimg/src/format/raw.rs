@@ -90,7 +90,8 @@ impl BlockDevice for Raw {
         if size > old {
             preallocate(self.storage.as_ref(), old, size - old, prealloc)?;
         }
-        self.size.store(size, Ordering::Release);
+        // As on open: the guest size is the file's in whole sectors.
+        self.size.store(size.div_ceil(512) * 512, Ordering::Release);
         Ok(())
     }
 
@@ -159,5 +160,17 @@ mod tests {
         raw.read_at(&mut buf, 900).unwrap();
         assert_eq!(buf, [5u8; 16]);
         assert!(raw.read_at(&mut buf, 1020).is_err());
+    }
+
+    #[test]
+    fn truncate_keeps_whole_sectors_as_open_does() {
+        let s: Arc<dyn Storage> = Arc::new(MemoryStorage::new("r"));
+        let raw = Raw::open(s).unwrap();
+        raw.truncate(1000, Preallocation::Off).unwrap();
+        assert_eq!(raw.size(), 1024);
+        assert_eq!(raw.storage().len().unwrap(), 1000);
+        let mut tail = [9u8; 24];
+        raw.read_at(&mut tail, 1000).unwrap();
+        assert_eq!(tail, [0u8; 24]);
     }
 }
