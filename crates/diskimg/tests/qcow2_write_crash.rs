@@ -223,7 +223,7 @@ fn run_crash(index: usize, default_seed: u64) {
 
         // Which flushes returned.
         let lines = report_lines(&report);
-        let last_flush: Option<u64> = lines.iter().filter_map(|l| l.parse().ok()).last();
+        let last_flush: Option<u64> = lines.iter().rev().find_map(|l| l.parse().ok());
 
         // The model at that flush, and the operations after it up to the
         // next flush (they may or may not have reached the image).
