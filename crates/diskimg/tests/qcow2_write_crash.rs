@@ -248,7 +248,10 @@ fn run_crash(index: usize, default_seed: u64) {
         }
 
         if std::env::var_os("DISKIMG_VERBOSE").is_some() {
-            eprintln!("{ctx}: killed after flush {last_flush:?}, {} pending", pending.len());
+            eprintln!(
+                "{ctx}: killed after flush {last_flush:?}, {} pending",
+                pending.len()
+            );
         }
         // QEMU judges the metadata.
         let check = if qcow2 {
