@@ -23,57 +23,27 @@ fn run_model(config: Config, default_seed: u64, default_ops: usize) {
     let dir = tempfile::tempdir().unwrap();
     let img = make_image(dir.path(), &config, seed);
     let mut model = img.model;
-    let cs = config.cluster_size();
-    let margin = cs.min(256 * 1024);
     let mut h = Handle::open(&img.path);
     let mut rng = Rng(seed);
     let mut log: Vec<Op> = Vec::new();
-    let fail = |log: &[Op], msg: String| -> ! {
-        let shown = log.len().saturating_sub(40);
-        let mut ops = String::new();
-        for (i, op) in log.iter().enumerate().skip(shown) {
-            ops.push_str(&format!("\n  #{i}: {op:?}"));
-        }
-        panic!(
-            "{}: {msg}\nseed {seed:#x}, failed at op #{}; replay with DISKIMG_SEED={seed:#x} DISKIMG_OPS={}\nlast ops:{ops}",
-            config.name,
-            log.len() - 1,
-            log.len()
-        );
-    };
-    for i in 0..n {
-        let op = gen_op(&mut rng, &config, &MODEL_MIX);
-        log.push(op);
-        if let Err(e) = apply_dev(&mut h, &op) {
-            fail(&log, e);
-        }
-        apply_model(&mut model, &op);
-        if let Op::Discard { off, len } = op {
-            if let Err(e) = settle_discard(h.dev(), &mut model, off, len, cs) {
-                fail(&log, e);
-            }
-        }
-        if let Some((off, len)) = op.range() {
-            let s = off.saturating_sub(margin);
-            let e = (off + len + margin).min(config.size);
-            if let Err(e) = compare_range(h.dev(), &model, s, e - s) {
-                fail(&log, e);
-            }
-        }
-        if i % 32 == 31 {
-            if let Err(e) = compare_windows(h.dev(), &model, &config) {
-                fail(&log, format!("full compare: {e}"));
-            }
-        }
-    }
-    if let Err(e) = compare_windows(h.dev(), &model, &config) {
-        fail(&log, format!("final compare: {e}"));
+    if let Err(e) = drive(
+        &mut h, &mut model, &config, &mut rng, n, &MODEL_MIX, &mut log,
+    ) {
+        panic!("{}", drive_failure(&config.name, seed, &log, &e));
     }
     h.close();
     // Reopened read-only, the library reads the same.
     let ro = open_ro(&img.path);
     if let Err(e) = compare_windows(ro.as_ref(), &model, &config) {
-        fail(&log, format!("after reopening read-only: {e}"));
+        panic!(
+            "{}",
+            drive_failure(
+                &config.name,
+                seed,
+                &log,
+                &format!("after reopening read-only: {e}")
+            )
+        );
     }
     drop(ro);
     judge_by_qemu(

@@ -231,6 +231,8 @@ pub struct Model {
     pub size: u64,
     /// Backing content (guest bytes from offset 0); zeros past it.
     pub base: Arc<Vec<u8>>,
+    /// The base shows only below this offset (a resize hides the rest).
+    base_limit: u64,
     pages: BTreeMap<u64, Box<[u8]>>,
 }
 
@@ -240,12 +242,16 @@ impl Model {
         Model {
             size,
             base,
+            base_limit: size,
             pages: BTreeMap::new(),
         }
     }
 
     /// The base byte at `off`.
     pub fn base_byte(&self, off: u64) -> u8 {
+        if off >= self.base_limit {
+            return 0;
+        }
         self.base.get(off as usize).copied().unwrap_or(0)
     }
 
@@ -257,15 +263,15 @@ impl Model {
     }
 
     fn page_mut(&mut self, idx: u64) -> &mut [u8] {
-        let base = self.base.clone();
-        self.pages.entry(idx).or_insert_with(|| {
+        if !self.pages.contains_key(&idx) {
             let mut p = vec![0u8; PAGE as usize].into_boxed_slice();
-            let start = idx * PAGE;
-            for (i, b) in p.iter_mut().enumerate() {
-                *b = base.get((start + i as u64) as usize).copied().unwrap_or(0);
-            }
-            p
-        })
+            self.read_base(&mut p, idx * PAGE);
+            self.pages.insert(idx, p);
+        }
+        match self.pages.get_mut(&idx) {
+            Some(p) => p,
+            None => unreachable!(),
+        }
     }
 
     /// The expected bytes at `off`.
@@ -334,7 +340,7 @@ impl Model {
             }
             out.push((s, e));
         };
-        let base_end = self.base.len() as u64;
+        let base_end = (self.base.len() as u64).min(self.base_limit);
         let mut base_done = base_end == 0;
         for &idx in self.pages.keys() {
             let s = idx * PAGE;
@@ -1023,4 +1029,77 @@ pub fn read_all(path: &Path) -> Vec<u8> {
         .and_then(|mut f| f.read_to_end(&mut v))
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     v
+}
+
+/// Does `n` random operations of `mix` on the image of `h`, keeping
+/// `model` in step: after each one the touched range (with a margin of up
+/// to a cluster on each side) is compared with the model, every 32 steps
+/// every window. Operations are appended to `log`; the error names the
+/// failing one.
+pub fn drive(
+    h: &mut Handle,
+    model: &mut Model,
+    config: &Config,
+    rng: &mut Rng,
+    n: usize,
+    mix: &OpMix,
+    log: &mut Vec<Op>,
+) -> Result<(), String> {
+    let cs = config.cluster_size();
+    let margin = cs.min(256 * 1024);
+    for i in 0..n {
+        let op = gen_op(rng, config, mix);
+        log.push(op);
+        apply_dev(h, &op)?;
+        apply_model(model, &op);
+        if let Op::Discard { off, len } = op {
+            settle_discard(h.dev(), model, off, len, cs)?;
+        }
+        if let Some((off, len)) = op.range() {
+            let s = off.saturating_sub(margin);
+            let e = (off + len + margin).min(config.size);
+            compare_range(h.dev(), model, s, e - s)?;
+        }
+        if i % 32 == 31 {
+            compare_windows(h.dev(), model, config).map_err(|e| format!("full compare: {e}"))?;
+        }
+    }
+    compare_windows(h.dev(), model, config).map_err(|e| format!("final compare: {e}"))
+}
+
+/// Formats the failure of [`drive`]: the message, the seed, how to replay,
+/// the last 40 operations.
+pub fn drive_failure(name: &str, seed: u64, log: &[Op], msg: &str) -> String {
+    let shown = log.len().saturating_sub(40);
+    let mut ops = String::new();
+    for (i, op) in log.iter().enumerate().skip(shown) {
+        ops.push_str(&format!("\n  #{i}: {op:?}"));
+    }
+    format!(
+        "{name}: {msg}\nseed {seed:#x}, after {} ops; replay with DISKIMG_SEED={seed:#x} DISKIMG_OPS={}\nlast ops:{ops}",
+        log.len(),
+        log.len()
+    )
+}
+
+impl Model {
+    /// Changes the guest size: bytes past the old size read as zeros
+    /// (never as the backing file), bytes past the new size are gone.
+    pub fn resize(&mut self, new: u64) {
+        let old = self.size;
+        self.base_limit = self.base_limit.min(old).min(new);
+        if new < old {
+            let first_gone = new.div_ceil(PAGE);
+            self.pages.split_off(&first_gone);
+        } else if new > old {
+            // The stale tail of the page holding the old end.
+            let idx = old / PAGE;
+            if old % PAGE != 0 && self.pages.contains_key(&idx) {
+                let end = ((idx + 1) * PAGE).min(new);
+                self.size = new;
+                self.zero(old, end - old);
+            }
+        }
+        self.size = new;
+    }
 }

@@ -1,0 +1,591 @@
+//! QEMU judges every write. Images are created and written through the
+//! library only; `qemu-img check` must then report no errors and no leaks,
+//! and `qemu-img convert -O raw` must equal the test's model of the guest
+//! bytes:
+//!
+//! - the create option matrix (compat, cluster size, refcount width,
+//!   extended L2, lazy refcounts, compression type, preallocation, backing
+//!   file, external data file with and without data_file_raw), each
+//!   followed by random writes, zero writes and discards; `qemu-img info`
+//!   shows the options asked for; combinations the library refuses are
+//!   ones qemu-img refuses too;
+//! - writes over clusters shared with internal snapshots made by
+//!   `qemu-img snapshot -c` (copy-on-write of shared clusters, the copied
+//!   flag): the snapshot still reads the old data (`convert -l`), the
+//!   active layer the new, `snapshot -a` brings the old back, `snapshot -d`
+//!   leaves a clean image;
+//! - truncate: growing (with every preallocation mode, growing the L1
+//!   table) and shrinking, the new space reading as zeros.
+//!
+//! Seeded; a failure prints the seed. Needs qemu-img; fails without it.
+
+mod write_common;
+
+use std::path::Path;
+
+use diskimg::format::qcow2::header::CompressionType;
+use diskimg::{CreateOptions, Format, Preallocation, Qcow2CreateOptions};
+use write_common::*;
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * 1024;
+
+const INTEROP_MIX: OpMix = OpMix {
+    write: 60,
+    zero: 18,
+    discard: 14,
+    flush: 5,
+    reopen: 3,
+};
+
+fn qemu_img_create_refuses(dir: &Path, o: &CreateOptions) -> bool {
+    let q = &o.qcow2;
+    let mut opts = vec![
+        format!("compat={}", if q.version == 2 { "0.10" } else { "1.1" }),
+        format!("cluster_size={}", q.cluster_size),
+        format!("refcount_bits={}", q.refcount_bits),
+        format!("extended_l2={}", if q.extended_l2 { "on" } else { "off" }),
+        format!(
+            "lazy_refcounts={}",
+            if q.lazy_refcounts { "on" } else { "off" }
+        ),
+        format!(
+            "compression_type={}",
+            match q.compression_type {
+                CompressionType::Zlib => "zlib",
+                CompressionType::Zstd => "zstd",
+            }
+        ),
+        format!("preallocation={}", o.preallocation.name()),
+    ];
+    if let Some(b) = &q.backing_file {
+        opts.push(format!("backing_file={b}"));
+    }
+    if let Some(b) = &q.backing_fmt {
+        opts.push(format!("backing_fmt={b}"));
+    }
+    if let Some(d) = &q.data_file {
+        opts.push(format!("data_file={d}.qemu"));
+    }
+    if q.data_file_raw {
+        opts.push("data_file_raw=on".into());
+    }
+    let out = tool("qemu-img")
+        .current_dir(dir)
+        .args(["create", "-q", "-f", "qcow2", "-o", &opts.join(",")])
+        .arg(dir.join("qemu-made.qcow2"))
+        .arg(o.size.to_string())
+        .output()
+        .unwrap();
+    !out.status.success()
+}
+
+/// qemu-img info shows the options the image was created with.
+fn assert_info_matches(path: &Path, o: &CreateOptions, ctx: &str) {
+    let info = qemu_info(path);
+    let q = &o.qcow2;
+    assert_eq!(info["format"], "qcow2", "{ctx}: {info}");
+    assert_eq!(info["virtual-size"], o.size, "{ctx}: {info}");
+    assert_eq!(info["cluster-size"], q.cluster_size, "{ctx}: {info}");
+    let d = &info["format-specific"]["data"];
+    assert_eq!(
+        d["compat"],
+        if q.version == 2 { "0.10" } else { "1.1" },
+        "{ctx}: {info}"
+    );
+    assert_eq!(d["refcount-bits"], q.refcount_bits, "{ctx}: {info}");
+    assert_eq!(
+        d["compression-type"],
+        match q.compression_type {
+            CompressionType::Zlib => "zlib",
+            CompressionType::Zstd => "zstd",
+        },
+        "{ctx}: {info}"
+    );
+    if q.version == 3 {
+        assert_eq!(d["lazy-refcounts"], q.lazy_refcounts, "{ctx}: {info}");
+        assert_eq!(d["extended-l2"], q.extended_l2, "{ctx}: {info}");
+        assert_eq!(d["corrupt"], false, "{ctx}: {info}");
+    }
+    match &q.data_file {
+        Some(df) => {
+            assert_eq!(d["data-file"], df.as_str(), "{ctx}: {info}");
+            assert_eq!(d["data-file-raw"], q.data_file_raw, "{ctx}: {info}");
+        }
+        None => assert!(d.get("data-file").is_none(), "{ctx}: {info}"),
+    }
+    match &q.backing_file {
+        Some(b) => assert_eq!(info["backing-filename"], b.as_str(), "{ctx}: {info}"),
+        None => assert!(info.get("backing-filename").is_none(), "{ctx}: {info}"),
+    }
+}
+
+/// One combination of the create matrix.
+#[derive(Debug, Clone)]
+struct Combo {
+    opts: CreateOptions,
+    backing: Backing,
+}
+
+/// The combinations: every cluster size with every preallocation mode,
+/// compat v2 and v3, the other options drawn from `rng`.
+fn combos(rng: &mut Rng) -> Vec<Combo> {
+    let sizes = [512, 4 * KIB, 64 * KIB, 2 * MIB];
+    let preallocs = [
+        Preallocation::Off,
+        Preallocation::Metadata,
+        Preallocation::Falloc,
+        Preallocation::Full,
+    ];
+    let mut out = Vec::new();
+    for i in 0..48u64 {
+        let cs = sizes[(i % 4) as usize];
+        let prealloc = preallocs[((i / 4) % 4) as usize];
+        let version = if i % 3 == 0 { 2 } else { 3 };
+        let v3 = version == 3;
+        let mut q = Qcow2CreateOptions {
+            version,
+            cluster_size: cs,
+            ..Qcow2CreateOptions::default()
+        };
+        if v3 {
+            q.refcount_bits = [1, 2, 4, 8, 16, 32, 64][rng.below(7) as usize];
+            q.extended_l2 = cs >= 16 * KIB && rng.chance(50);
+            q.lazy_refcounts = rng.chance(40);
+            if rng.chance(40) {
+                q.compression_type = CompressionType::Zstd;
+            }
+        }
+        // A backing file (preallocation with a backing file needs
+        // extended L2, as in QEMU: the combos that break that rule check
+        // that both refuse), or an external data file (v3).
+        let mut backing = Backing::None;
+        match rng.below(4) {
+            0 => backing = Backing::Qcow2(MIB + 512),
+            1 => backing = Backing::Raw(700 * KIB),
+            2 if v3 => {
+                q.data_file = Some("data".into()); // made absolute below
+                q.data_file_raw = rng.chance(50);
+            }
+            _ => {}
+        }
+        if backing != Backing::None && prealloc != Preallocation::Off && !q.extended_l2 {
+            // Mostly valid combinations; a few that both must refuse.
+            if v3 && cs >= 16 * KIB && rng.chance(70) {
+                q.extended_l2 = true;
+            } else if rng.chance(75) {
+                backing = Backing::None;
+            }
+        }
+        // Sizes not a multiple of the cluster size; big enough for a few
+        // L2 tables at small cluster sizes.
+        let size = match cs {
+            512 => 200 * KIB + 1536,
+            4096 => 5 * MIB - 512,
+            _ => 5 * MIB + 4096,
+        };
+        let mut opts = CreateOptions::new(Format::Qcow2, size);
+        opts.qcow2 = q;
+        opts.preallocation = prealloc;
+        out.push(Combo { opts, backing });
+    }
+    out
+}
+
+#[test]
+fn interop_create_matrix_then_writes() {
+    let seed = seed(0x1A7E_0001);
+    let nops = ops_count(40);
+    let mut rng = Rng(seed);
+    let mut refused = 0;
+    let mut tested = 0;
+    for (i, combo) in combos(&mut rng).into_iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = combo.opts.clone();
+        let data_path = dir.path().join("data.raw");
+        if o.qcow2.data_file.is_some() {
+            o.qcow2.data_file = Some(data_path.to_string_lossy().into_owned());
+        }
+        let ctx = format!(
+            "combo #{i} {o:?} backing {:?} (seed {seed:#x})",
+            combo.backing
+        );
+        // Build the config the shared helpers use, and the backing file.
+        let config = Config {
+            name: format!("combo{i}"),
+            format: Format::Qcow2,
+            size: o.size,
+            qcow2: o.qcow2.clone(),
+            backing: combo.backing,
+        };
+        let mut base = Vec::new();
+        match combo.backing {
+            Backing::None => {}
+            Backing::Raw(len) => {
+                base = make_backing_content(&dir.path().join("backing.raw"), len, seed ^ i as u64);
+                o.qcow2.backing_file = Some("backing.raw".into());
+                o.qcow2.backing_fmt = Some("raw".into());
+            }
+            Backing::Qcow2(len) => {
+                let raw = dir.path().join("backing-content.raw");
+                base = make_backing_content(&raw, len, seed ^ i as u64);
+                qemu_img(&[
+                    "convert",
+                    "-f",
+                    "raw",
+                    "-O",
+                    "qcow2",
+                    &raw.to_string_lossy(),
+                    &dir.path().join("backing.qcow2").to_string_lossy(),
+                ]);
+                o.qcow2.backing_file = Some("backing.qcow2".into());
+                o.qcow2.backing_fmt = Some("qcow2".into());
+            }
+        }
+        let path = dir.path().join("img.qcow2");
+        if let Err(e) = diskimg::create(&path, &o) {
+            assert!(
+                qemu_img_create_refuses(dir.path(), &o),
+                "{ctx}: the library refuses ({e}) what qemu-img creates"
+            );
+            assert!(!path.exists(), "{ctx}: a refused create left a file");
+            refused += 1;
+            continue;
+        }
+        tested += 1;
+        assert_check_clean(&path, "qcow2", &format!("{ctx}: fresh image"));
+        assert_info_matches(&path, &o, &ctx);
+        let mut model = Model::new(o.size, std::sync::Arc::new(base));
+        // A fresh image reads as its backing file (or zeros).
+        judge_by_qemu(&path, "qcow2", &model, &format!("{ctx}: fresh image"));
+
+        let mut h = Handle::open(&path);
+        let mut log = Vec::new();
+        let mut r = Rng(seed ^ (i as u64) << 32);
+        if let Err(e) = drive(
+            &mut h,
+            &mut model,
+            &config,
+            &mut r,
+            nops,
+            &INTEROP_MIX,
+            &mut log,
+        ) {
+            panic!("{}", drive_failure(&ctx, seed, &log, &e));
+        }
+        h.close();
+        judge_by_qemu(&path, "qcow2", &model, &format!("{ctx}: after {nops} ops"));
+        assert_info_matches(&path, &o, &ctx);
+        if o.qcow2.data_file_raw {
+            // The data file is a raw image of the guest.
+            let mut d = read_all(&data_path);
+            d.resize(o.size as usize, 0);
+            let want = model.get(0, o.size);
+            if let Some(b) = d.iter().zip(&want).position(|(a, b)| a != b) {
+                panic!(
+                    "{ctx}: data_file_raw, but the data file holds {:#04x} at guest byte {b}, the \
+                     model {:#04x}",
+                    d[b], want[b]
+                );
+            }
+        }
+    }
+    eprintln!("create matrix: {tested} combinations written and judged, {refused} refused by both");
+    assert!(
+        tested >= 40,
+        "only {tested} combinations could be created ({refused} refused)"
+    );
+}
+
+/// Library writes, then snapshots by qemu-img, then library writes over
+/// the shared clusters.
+fn run_snapshot(config: Config, default_seed: u64) {
+    let seed = seed(default_seed);
+    let nops = ops_count(60);
+    let dir = tempfile::tempdir().unwrap();
+    let img = make_image(dir.path(), &config, seed);
+    let p = img.path.clone();
+    let ps = p.to_string_lossy().into_owned();
+    let mut model = img.model;
+    let mut rng = Rng(seed);
+    let mut log = Vec::new();
+    let fail =
+        |log: &[Op], e: &str| -> ! { panic!("{}", drive_failure(&config.name, seed, log, e)) };
+
+    // Data written by the library, then snapshot s1 by qemu-img.
+    let mut h = Handle::open(&p);
+    if let Err(e) = drive(
+        &mut h,
+        &mut model,
+        &config,
+        &mut rng,
+        nops,
+        &INTEROP_MIX,
+        &mut log,
+    ) {
+        fail(&log, &e);
+    }
+    h.close();
+    qemu_img(&["snapshot", "-c", "s1", &ps]);
+    assert_check_clean(
+        &p,
+        "qcow2",
+        &format!("{}: after snapshot -c s1", config.name),
+    );
+    let model_s1 = model.clone();
+
+    // Writes over the shared clusters.
+    let mut h = Handle::open(&p);
+    if let Err(e) = drive(
+        &mut h,
+        &mut model,
+        &config,
+        &mut rng,
+        nops,
+        &INTEROP_MIX,
+        &mut log,
+    ) {
+        fail(&log, &format!("writing over snapshot s1: {e}"));
+    }
+    h.close();
+    let ctx = format!("{} (seed {seed:#x}) after writes over s1", config.name);
+    judge_by_qemu(&p, "qcow2", &model, &ctx);
+    let raw = dir.path().join("s1.raw");
+    qemu_convert_raw(&p, "qcow2", &raw, &["-l", "snapshot.name=s1"]);
+    if let Err(e) = compare_raw_file(&raw, &model_s1) {
+        panic!("{ctx}: snapshot s1 changed: {e}");
+    }
+
+    // A second snapshot, more writes, then back to s1.
+    qemu_img(&["snapshot", "-c", "s2", &ps]);
+    let model_s2 = model.clone();
+    let mut h = Handle::open(&p);
+    if let Err(e) = drive(
+        &mut h,
+        &mut model,
+        &config,
+        &mut rng,
+        nops / 2,
+        &INTEROP_MIX,
+        &mut log,
+    ) {
+        fail(&log, &format!("writing over snapshots s1, s2: {e}"));
+    }
+    h.close();
+    let ctx = format!(
+        "{} (seed {seed:#x}) after writes over s1 and s2",
+        config.name
+    );
+    judge_by_qemu(&p, "qcow2", &model, &ctx);
+    for (name, m) in [("s1", &model_s1), ("s2", &model_s2)] {
+        qemu_convert_raw(&p, "qcow2", &raw, &["-l", &format!("snapshot.name={name}")]);
+        if let Err(e) = compare_raw_file(&raw, m) {
+            panic!("{ctx}: snapshot {name} changed: {e}");
+        }
+    }
+    qemu_img(&["snapshot", "-a", "s1", &ps]);
+    judge_by_qemu(&p, "qcow2", &model_s1, &format!("{ctx}, snapshot -a s1"));
+
+    // Writes after the revert (clusters shared three ways), then the
+    // snapshots deleted: the copied flags must come out right.
+    let mut model = model_s1.clone();
+    let mut h = Handle::open(&p);
+    if let Err(e) = drive(
+        &mut h,
+        &mut model,
+        &config,
+        &mut rng,
+        nops / 2,
+        &INTEROP_MIX,
+        &mut log,
+    ) {
+        fail(&log, &format!("writing after snapshot -a s1: {e}"));
+    }
+    h.close();
+    judge_by_qemu(&p, "qcow2", &model, &format!("{ctx}, writes after -a s1"));
+    qemu_img(&["snapshot", "-d", "s2", &ps]);
+    judge_by_qemu(&p, "qcow2", &model, &format!("{ctx}, snapshot -d s2"));
+    qemu_convert_raw(&p, "qcow2", &raw, &["-l", "snapshot.name=s1"]);
+    if let Err(e) = compare_raw_file(&raw, &model_s1) {
+        panic!("{ctx}: snapshot s1 changed after -d s2: {e}");
+    }
+    qemu_img(&["snapshot", "-d", "s1", &ps]);
+    judge_by_qemu(&p, "qcow2", &model, &format!("{ctx}, snapshot -d s1"));
+    // With no snapshot left, more writes in place.
+    let mut h = Handle::open(&p);
+    if let Err(e) = drive(
+        &mut h,
+        &mut model,
+        &config,
+        &mut rng,
+        nops / 2,
+        &INTEROP_MIX,
+        &mut log,
+    ) {
+        fail(&log, &format!("writing after deleting the snapshots: {e}"));
+    }
+    h.close();
+    judge_by_qemu(&p, "qcow2", &model, &format!("{ctx}, final writes"));
+}
+
+#[test]
+fn interop_snapshot_c4k_v3() {
+    run_snapshot(
+        Config::qcow2(4 * KIB, 3, 16, false, false, Backing::None, 3 * MIB),
+        0x5A9_0001,
+    );
+}
+
+#[test]
+fn interop_snapshot_c512_v2_qcow2_backing() {
+    run_snapshot(
+        Config::qcow2(
+            512,
+            2,
+            16,
+            false,
+            false,
+            Backing::Qcow2(64 * KIB),
+            160 * KIB,
+        ),
+        0x5A9_0002,
+    );
+}
+
+#[test]
+fn interop_snapshot_c64k_extl2_rc2_raw_backing() {
+    run_snapshot(
+        Config::qcow2(64 * KIB, 3, 2, true, false, Backing::Raw(MIB), 4 * MIB),
+        0x5A9_0003,
+    );
+}
+
+#[test]
+fn interop_snapshot_c64k_lazy_rc64() {
+    run_snapshot(
+        Config::qcow2(64 * KIB, 3, 64, false, true, Backing::None, 4 * MIB),
+        0x5A9_0004,
+    );
+}
+
+/// Truncate: grow (each preallocation mode), shrink, grow again; each
+/// judged by QEMU.
+fn run_truncate(config: Config, default_seed: u64) {
+    let seed = seed(default_seed);
+    let nops = ops_count(30);
+    let dir = tempfile::tempdir().unwrap();
+    let img = make_image(dir.path(), &config, seed);
+    let p = img.path.clone();
+    let fmt = config.fmt();
+    let mut model = img.model;
+    let mut config = config;
+    let mut rng = Rng(seed);
+    let mut log = Vec::new();
+    let cs = config.cluster_size();
+    let steps: Vec<(u64, Preallocation)> = vec![
+        // Grow far past the L1 table's first cluster.
+        (config.size * 7 + 3 * 512, Preallocation::Off),
+        (
+            config.size * 7 + 3 * 512 + 5 * cs + 1024,
+            Preallocation::Metadata,
+        ),
+        (config.size * 8 + 20 * cs, Preallocation::Falloc),
+        (config.size * 8 + 23 * cs + 512, Preallocation::Full),
+        // Shrink to the middle of a cluster, below the original size.
+        (config.size / 2 + 1536, Preallocation::Off),
+        // And grow again: what was cut off must not come back.
+        (config.size * 3, Preallocation::Off),
+    ];
+    let mut h = Handle::open(&p);
+    if let Err(e) = drive(
+        &mut h,
+        &mut model,
+        &config,
+        &mut rng,
+        nops,
+        &INTEROP_MIX,
+        &mut log,
+    ) {
+        panic!("{}", drive_failure(&config.name, seed, &log, &e));
+    }
+    for (size, prealloc) in steps {
+        if fmt == "raw" && prealloc == Preallocation::Metadata {
+            continue;
+        }
+        let ctx = format!(
+            "{} (seed {seed:#x}): truncate {} -> {size} preallocation={}",
+            config.name,
+            config.size,
+            prealloc.name()
+        );
+        if let Err(e) = h.dev().truncate(size, prealloc) {
+            panic!("{ctx}: {e}");
+        }
+        assert_eq!(h.dev().size(), size, "{ctx}: size()");
+        model.resize(size);
+        config.size = size;
+        if let Err(e) = compare_windows(h.dev(), &model, &config) {
+            panic!("{ctx}: {e}");
+        }
+        h.close();
+        judge_by_qemu(&p, fmt, &model, &ctx);
+        let info = qemu_info(&p);
+        assert_eq!(info["virtual-size"], size, "{ctx}: {info}");
+        h = Handle::open(&p);
+        if let Err(e) = drive(
+            &mut h,
+            &mut model,
+            &config,
+            &mut rng,
+            nops,
+            &INTEROP_MIX,
+            &mut log,
+        ) {
+            panic!("{}", drive_failure(&ctx, seed, &log, &e));
+        }
+        h.close();
+        judge_by_qemu(&p, fmt, &model, &format!("{ctx}, then writes"));
+        h = Handle::open(&p);
+    }
+    h.close();
+}
+
+/// The harness itself, on raw images.
+#[test]
+fn interop_truncate_raw() {
+    run_truncate(Config::raw(300 * KIB), 0x7A0_0001);
+}
+
+#[test]
+fn interop_truncate_c512_v2() {
+    run_truncate(
+        Config::qcow2(512, 2, 16, false, false, Backing::None, 40 * KIB),
+        0x7A0_0002,
+    );
+}
+
+#[test]
+fn interop_truncate_c4k_qcow2_backing_longer() {
+    // The backing file is longer than the image: growing must not make
+    // its data visible.
+    run_truncate(
+        Config::qcow2(4 * KIB, 3, 16, false, false, Backing::Qcow2(3 * MIB), MIB),
+        0x7A0_0003,
+    );
+}
+
+#[test]
+fn interop_truncate_c64k_extl2_raw_backing() {
+    run_truncate(
+        Config::qcow2(
+            64 * KIB,
+            3,
+            16,
+            true,
+            true,
+            Backing::Raw(3 * MIB),
+            2 * MIB + 512,
+        ),
+        0x7A0_0004,
+    );
+}
