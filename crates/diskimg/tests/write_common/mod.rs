@@ -1094,7 +1094,7 @@ impl Model {
         } else if new > old {
             // The stale tail of the page holding the old end.
             let idx = old / PAGE;
-            if old % PAGE != 0 && self.pages.contains_key(&idx) {
+            if old & (PAGE - 1) != 0 && self.pages.contains_key(&idx) {
                 let end = ((idx + 1) * PAGE).min(new);
                 self.size = new;
                 self.zero(old, end - old);
