@@ -212,3 +212,54 @@ fn model_c2m_v2_raw_backing() {
         60,
     );
 }
+
+/// The judges can fail: a byte changed behind the library's back is
+/// caught by the read-back comparison and by the QEMU judge, and a discard
+/// that leaves stray bytes is caught by the discard check.
+#[test]
+fn harness_catches_wrong_bytes() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::raw(64 * KIB);
+    let img = make_image(dir.path(), &config, 1);
+    let mut model = img.model;
+    let mut h = Handle::open(&img.path);
+    let op = Op::Write {
+        off: 1000,
+        len: 5000,
+        seed: 7,
+    };
+    apply_dev(&mut h, &op).unwrap();
+    apply_model(&mut model, &op);
+    compare_range(h.dev(), &model, 0, config.size).unwrap();
+    // Change one byte in the file.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img.path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    h.dev().read_at(&mut b, 3333).unwrap();
+    f.write_all_at(&[b[0] ^ 0x40], 3333).unwrap();
+    let e = compare_range(h.dev(), &model, 0, config.size).unwrap_err();
+    assert!(e.contains("guest byte 3333"), "{e}");
+    // A "discard" that left other data than zeros or the backing file.
+    let mut m2 = model.clone();
+    assert!(settle_discard(h.dev(), &mut m2, 3000, 1000, 512).is_err());
+    h.close();
+    let judged = std::panic::catch_unwind(|| judge_by_qemu(&img.path, "raw", &model, "self-test"));
+    assert!(judged.is_err(), "the QEMU judge missed a wrong byte");
+    // A hole where the model has data, too.
+    f.write_all_at(&[b[0]], 3333).unwrap();
+    judge_by_qemu(&img.path, "raw", &model, "self-test (restored)");
+    let mut wrong = model.clone();
+    wrong.write(&[1], 60000);
+    let judged = std::panic::catch_unwind(|| judge_by_qemu(&img.path, "raw", &wrong, "self-test"));
+    assert!(
+        judged.is_err(),
+        "the QEMU judge missed a byte that should be 1"
+    );
+    // Data where the model has zeros, outside every range it wrote.
+    f.write_all_at(&[9], 50000).unwrap();
+    let judged = std::panic::catch_unwind(|| judge_by_qemu(&img.path, "raw", &model, "self-test"));
+    assert!(judged.is_err(), "the QEMU judge missed a stray byte");
+}
