@@ -17,40 +17,121 @@ mod write_common;
 
 use write_common::*;
 
+/// Runs `ops` on a fresh image of `config`, checking after every step;
+/// then closes the image and has QEMU judge it. On failure: the index of
+/// the failing operation (`ops.len()` for the final judgement) and what
+/// went wrong.
+fn run_ops(config: &Config, seed: u64, ops: &[Op]) -> Result<(), (usize, String)> {
+    let dir = tempfile::tempdir().unwrap();
+    let img = make_image(dir.path(), config, seed);
+    let mut model = img.model;
+    let cs = config.cluster_size();
+    let margin = cs.min(256 * 1024);
+    let mut h = Handle::open(&img.path);
+    for (i, op) in ops.iter().enumerate() {
+        let step = || -> Result<(), String> {
+            apply_dev(&mut h, op)?;
+            apply_model(&mut model, op);
+            if let Op::Discard { off, len } = *op {
+                settle_discard(h.dev(), &mut model, off, len, cs)?;
+            }
+            if let Some((off, len)) = op.range() {
+                let s = off.saturating_sub(margin);
+                let e = (off + len + margin).min(config.size);
+                compare_range(h.dev(), &model, s, e - s)?;
+            }
+            if i % 32 == 31 {
+                compare_windows(h.dev(), &model, config)
+                    .map_err(|e| format!("full compare: {e}"))?;
+            }
+            Ok(())
+        };
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(step))
+            .unwrap_or_else(|p| Err(panic_text(&p)));
+        r.map_err(|e| (i, e))?;
+    }
+    let end = ops.len();
+    let finish = || -> Result<(), String> {
+        compare_windows(h.dev(), &model, config).map_err(|e| format!("final compare: {e}"))?;
+        h.close();
+        // Reopened read-only, the library reads the same.
+        let ro = open_ro(&img.path);
+        compare_windows(ro.as_ref(), &model, config)
+            .map_err(|e| format!("after reopening read-only: {e}"))?;
+        drop(ro);
+        judge(&img.path, config.fmt(), &model).map_err(|e| format!("QEMU's judgement: {e}"))
+    };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(finish))
+        .unwrap_or_else(|p| Err(panic_text(&p)))
+        .map_err(|e| (end, e))
+}
+
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else {
+        "panic".into()
+    }
+}
+
+/// Removes operations from a failing sequence while it keeps failing
+/// (chunks, then single operations), for at most `budget`.
+fn shrink(config: &Config, seed: u64, mut ops: Vec<Op>, budget: std::time::Duration) -> Vec<Op> {
+    let start = std::time::Instant::now();
+    let mut chunk = ops.len() / 2;
+    while chunk >= 1 && start.elapsed() < budget {
+        let mut i = 0;
+        while i < ops.len() && start.elapsed() < budget {
+            let mut candidate = ops.clone();
+            let end = (i + chunk).min(candidate.len());
+            candidate.drain(i..end);
+            match run_ops(config, seed, &candidate) {
+                Err((at, _)) => {
+                    candidate.truncate((at + 1).min(candidate.len()));
+                    ops = candidate;
+                }
+                Ok(()) => i += chunk,
+            }
+        }
+        chunk /= 2;
+    }
+    ops
+}
+
 fn run_model(config: Config, default_seed: u64, default_ops: usize) {
     let seed = seed(default_seed);
     let n = ops_count(default_ops);
-    let dir = tempfile::tempdir().unwrap();
-    let img = make_image(dir.path(), &config, seed);
-    let mut model = img.model;
-    let mut h = Handle::open(&img.path);
     let mut rng = Rng(seed);
-    let mut log: Vec<Op> = Vec::new();
-    if let Err(e) = drive(
-        &mut h, &mut model, &config, &mut rng, n, &MODEL_MIX, &mut log,
-    ) {
-        panic!("{}", drive_failure(&config.name, seed, &log, &e));
+    let ops: Vec<Op> = (0..n)
+        .map(|_| gen_op(&mut rng, &config, &MODEL_MIX))
+        .collect();
+    let Err((at, msg)) = run_ops(&config, seed, &ops) else {
+        return;
+    };
+    let failing: Vec<Op> = ops[..(at + 1).min(ops.len())].to_vec();
+    let budget = std::time::Duration::from_secs(
+        std::env::var("DISKIMG_SHRINK_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(60),
+    );
+    let minimal = shrink(&config, seed, failing, budget);
+    let minimal_err = match run_ops(&config, seed, &minimal) {
+        Err((i, e)) => format!("fails at op #{i}: {e}"),
+        Ok(()) => "(passes: the failure is not deterministic)".into(),
+    };
+    let mut list = String::new();
+    for (i, op) in minimal.iter().enumerate() {
+        list.push_str(&format!("\n  #{i}: {op:?}"));
     }
-    h.close();
-    // Reopened read-only, the library reads the same.
-    let ro = open_ro(&img.path);
-    if let Err(e) = compare_windows(ro.as_ref(), &model, &config) {
-        panic!(
-            "{}",
-            drive_failure(
-                &config.name,
-                seed,
-                &log,
-                &format!("after reopening read-only: {e}")
-            )
-        );
-    }
-    drop(ro);
-    judge_by_qemu(
-        &img.path,
-        config.fmt(),
-        &model,
-        &format!("{} (seed {seed:#x}, {n} ops)", config.name),
+    panic!(
+        "{}: op #{at} of {n}: {msg}\nseed {seed:#x}: replay with DISKIMG_SEED={seed:#x} DISKIMG_OPS={}\n\
+         shrunk to {} ops, which {minimal_err}:{list}",
+        config.name,
+        at + 1,
+        minimal.len()
     );
 }
 
