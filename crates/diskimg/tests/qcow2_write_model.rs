@@ -115,7 +115,7 @@ fn run_model(config: Config, default_seed: u64, default_ops: usize) {
         std::env::var("DISKIMG_SHRINK_SECS")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(60),
+            .unwrap_or(20),
     );
     let minimal = shrink(&config, seed, failing, budget);
     let minimal_err = match run_ops(&config, seed, &minimal) {
