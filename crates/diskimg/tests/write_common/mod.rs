@@ -159,8 +159,11 @@ impl Rng {
             self.next() % n
         }
     }
-    /// Uniform in `lo..=hi`.
+    /// Uniform in `lo..=hi` (`lo` when `hi <= lo`).
     pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        if hi <= lo {
+            return lo;
+        }
         lo + self.below(hi - lo + 1)
     }
     /// True with probability `pct` percent.
