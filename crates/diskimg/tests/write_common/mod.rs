@@ -1011,7 +1011,8 @@ pub fn compare_raw_file(raw: &Path, model: &Model) -> Result<(), String> {
 }
 
 /// Judges a closed image by QEMU: `qemu-img check` finds no error and no
-/// leak, and `qemu-img convert -O raw` equals the model.
+/// leak, `qemu-img info` shows neither the dirty nor the corrupt bit, and
+/// `qemu-img convert -O raw` equals the model.
 pub fn judge_by_qemu(path: &Path, fmt: &str, model: &Model, ctx: &str) {
     if let Err(e) = judge(path, fmt, model) {
         panic!("{ctx}: {e}");
@@ -1024,6 +1025,11 @@ pub fn judge(path: &Path, fmt: &str, model: &Model) -> Result<(), String> {
         let c = qemu_check(path, fmt);
         if !c.clean() {
             return Err(format!("qemu-img check is not clean: {}", c.output));
+        }
+        // Closed cleanly: neither dirty nor corrupt.
+        let info = qemu_info(path);
+        if info["dirty-flag"] != false || info["format-specific"]["data"]["corrupt"] == true {
+            return Err(format!("the closed image is dirty or corrupt: {info}"));
         }
     }
     let raw = path.with_extension("judge.raw");
