@@ -192,6 +192,99 @@ fn combos(rng: &mut Rng) -> Vec<Combo> {
     out
 }
 
+/// Creates, checks, writes and judges one combination; false when both
+/// the library and qemu-img refuse it. Panics on a failure.
+fn run_combo(i: usize, combo: &Combo, seed: u64, nops: usize) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = combo.opts.clone();
+    let data_path = dir.path().join("data.raw");
+    if o.qcow2.data_file.is_some() {
+        o.qcow2.data_file = Some(data_path.to_string_lossy().into_owned());
+    }
+    let ctx = format!(
+        "combo #{i} {o:?} backing {:?} (seed {seed:#x})",
+        combo.backing
+    );
+    // Build the config the shared helpers use, and the backing file.
+    let config = Config {
+        name: format!("combo{i}"),
+        format: Format::Qcow2,
+        size: o.size,
+        qcow2: o.qcow2.clone(),
+        backing: combo.backing,
+    };
+    let mut base = Vec::new();
+    match combo.backing {
+        Backing::None => {}
+        Backing::Raw(len) => {
+            base = make_backing_content(&dir.path().join("backing.raw"), len, seed ^ i as u64);
+            o.qcow2.backing_file = Some("backing.raw".into());
+            o.qcow2.backing_fmt = Some("raw".into());
+        }
+        Backing::Qcow2(len) => {
+            let raw = dir.path().join("backing-content.raw");
+            base = make_backing_content(&raw, len, seed ^ i as u64);
+            qemu_img(&[
+                "convert",
+                "-f",
+                "raw",
+                "-O",
+                "qcow2",
+                &raw.to_string_lossy(),
+                &dir.path().join("backing.qcow2").to_string_lossy(),
+            ]);
+            o.qcow2.backing_file = Some("backing.qcow2".into());
+            o.qcow2.backing_fmt = Some("qcow2".into());
+        }
+    }
+    let path = dir.path().join("img.qcow2");
+    if let Err(e) = diskimg::create(&path, &o) {
+        assert!(
+            qemu_img_create_refuses(dir.path(), &o),
+            "{ctx}: the library refuses ({e}) what qemu-img creates"
+        );
+        assert!(!path.exists(), "{ctx}: a refused create left a file");
+        return false;
+    }
+    assert_check_clean(&path, "qcow2", &format!("{ctx}: fresh image"));
+    assert_info_matches(&path, &o, &ctx);
+    let mut model = Model::new(o.size, std::sync::Arc::new(base));
+    // A fresh image reads as its backing file (or zeros).
+    judge_by_qemu(&path, "qcow2", &model, &format!("{ctx}: fresh image"));
+
+    let mut h = Handle::open(&path);
+    let mut log = Vec::new();
+    let mut r = Rng(seed ^ (i as u64) << 32);
+    if let Err(e) = drive(
+        &mut h,
+        &mut model,
+        &config,
+        &mut r,
+        nops,
+        &INTEROP_MIX,
+        &mut log,
+    ) {
+        panic!("{}", drive_failure(&ctx, seed, &log, &e));
+    }
+    h.close();
+    judge_by_qemu(&path, "qcow2", &model, &format!("{ctx}: after {nops} ops"));
+    assert_info_matches(&path, &o, &ctx);
+    if o.qcow2.data_file_raw {
+        // The data file is a raw image of the guest.
+        let mut d = read_all(&data_path);
+        d.resize(o.size as usize, 0);
+        let want = model.get(0, o.size);
+        if let Some(b) = d.iter().zip(&want).position(|(a, b)| a != b) {
+            panic!(
+                "{ctx}: data_file_raw, but the data file holds {:#04x} at guest byte {b}, the \
+                 model {:#04x}",
+                d[b], want[b]
+            );
+        }
+    }
+    true
+}
+
 #[test]
 fn interop_create_matrix_then_writes() {
     let seed = seed(0x1A7E_0001);
@@ -199,98 +292,30 @@ fn interop_create_matrix_then_writes() {
     let mut rng = Rng(seed);
     let mut refused = 0;
     let mut tested = 0;
+    let mut failures = Vec::new();
     for (i, combo) in combos(&mut rng).into_iter().enumerate() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut o = combo.opts.clone();
-        let data_path = dir.path().join("data.raw");
-        if o.qcow2.data_file.is_some() {
-            o.qcow2.data_file = Some(data_path.to_string_lossy().into_owned());
-        }
-        let ctx = format!(
-            "combo #{i} {o:?} backing {:?} (seed {seed:#x})",
-            combo.backing
-        );
-        // Build the config the shared helpers use, and the backing file.
-        let config = Config {
-            name: format!("combo{i}"),
-            format: Format::Qcow2,
-            size: o.size,
-            qcow2: o.qcow2.clone(),
-            backing: combo.backing,
-        };
-        let mut base = Vec::new();
-        match combo.backing {
-            Backing::None => {}
-            Backing::Raw(len) => {
-                base = make_backing_content(&dir.path().join("backing.raw"), len, seed ^ i as u64);
-                o.qcow2.backing_file = Some("backing.raw".into());
-                o.qcow2.backing_fmt = Some("raw".into());
-            }
-            Backing::Qcow2(len) => {
-                let raw = dir.path().join("backing-content.raw");
-                base = make_backing_content(&raw, len, seed ^ i as u64);
-                qemu_img(&[
-                    "convert",
-                    "-f",
-                    "raw",
-                    "-O",
-                    "qcow2",
-                    &raw.to_string_lossy(),
-                    &dir.path().join("backing.qcow2").to_string_lossy(),
-                ]);
-                o.qcow2.backing_file = Some("backing.qcow2".into());
-                o.qcow2.backing_fmt = Some("qcow2".into());
-            }
-        }
-        let path = dir.path().join("img.qcow2");
-        if let Err(e) = diskimg::create(&path, &o) {
-            assert!(
-                qemu_img_create_refuses(dir.path(), &o),
-                "{ctx}: the library refuses ({e}) what qemu-img creates"
-            );
-            assert!(!path.exists(), "{ctx}: a refused create left a file");
-            refused += 1;
-            continue;
-        }
-        tested += 1;
-        assert_check_clean(&path, "qcow2", &format!("{ctx}: fresh image"));
-        assert_info_matches(&path, &o, &ctx);
-        let mut model = Model::new(o.size, std::sync::Arc::new(base));
-        // A fresh image reads as its backing file (or zeros).
-        judge_by_qemu(&path, "qcow2", &model, &format!("{ctx}: fresh image"));
-
-        let mut h = Handle::open(&path);
-        let mut log = Vec::new();
-        let mut r = Rng(seed ^ (i as u64) << 32);
-        if let Err(e) = drive(
-            &mut h,
-            &mut model,
-            &config,
-            &mut r,
-            nops,
-            &INTEROP_MIX,
-            &mut log,
-        ) {
-            panic!("{}", drive_failure(&ctx, seed, &log, &e));
-        }
-        h.close();
-        judge_by_qemu(&path, "qcow2", &model, &format!("{ctx}: after {nops} ops"));
-        assert_info_matches(&path, &o, &ctx);
-        if o.qcow2.data_file_raw {
-            // The data file is a raw image of the guest.
-            let mut d = read_all(&data_path);
-            d.resize(o.size as usize, 0);
-            let want = model.get(0, o.size);
-            if let Some(b) = d.iter().zip(&want).position(|(a, b)| a != b) {
-                panic!(
-                    "{ctx}: data_file_raw, but the data file holds {:#04x} at guest byte {b}, the \
-                     model {:#04x}",
-                    d[b], want[b]
-                );
+        // Every combination runs; the failures are listed at the end.
+        match std::panic::catch_unwind(|| run_combo(i, &combo, seed, nops)) {
+            Ok(true) => tested += 1,
+            Ok(false) => refused += 1,
+            Err(p) => {
+                tested += 1;
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "panic".into());
+                failures.push(msg);
             }
         }
     }
     eprintln!("create matrix: {tested} combinations written and judged, {refused} refused by both");
+    assert!(
+        failures.is_empty(),
+        "{} of {tested} combinations failed:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
     assert!(
         tested >= 40,
         "only {tested} combinations could be created ({refused} refused)"
