@@ -738,3 +738,99 @@ fn interop_qemu_made_c4k_rc32_zstd() {
         0x9E_0004,
     );
 }
+
+/// Filling an image with small clusters and wide refcounts: the refcount
+/// table itself must grow (and move) several times, and the L2 tables
+/// fill the file between the data.
+fn run_fill(config: Config, default_seed: u64) {
+    let seed = seed(default_seed);
+    let dir = tempfile::tempdir().unwrap();
+    let img = make_image(dir.path(), &config, seed);
+    let mut model = img.model;
+    let mut rng = Rng(seed);
+    let chunk = 48 * KIB + 512;
+    let mut offsets: Vec<u64> = (0..config.size.div_ceil(chunk))
+        .map(|i| i * chunk)
+        .collect();
+    // Random order.
+    for i in (1..offsets.len()).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        offsets.swap(i, j);
+    }
+    let mut h = Handle::open(&img.path);
+    for (n, &off) in offsets.iter().enumerate() {
+        let len = chunk.min(config.size - off);
+        let op = Op::Write {
+            off,
+            len,
+            seed: rng.next(),
+        };
+        apply_dev(&mut h, &op).unwrap_or_else(|e| panic!("{} seed {seed:#x}: {e}", config.name));
+        apply_model(&mut model, &op);
+        if n % 16 == 0 {
+            h.dev().flush().unwrap();
+        }
+    }
+    if let Err(e) = compare_range(h.dev(), &model, 0, config.size) {
+        panic!("{} seed {seed:#x}: after filling: {e}", config.name);
+    }
+    h.close();
+    judge_by_qemu(
+        &img.path,
+        "qcow2",
+        &model,
+        &format!("{} seed {seed:#x}: filled", config.name),
+    );
+    // Free a few holes and fill again.
+    let mut h = Handle::open(&img.path);
+    for _ in 0..40 {
+        let off = rng.below(config.size / 512) * 512;
+        let len = (rng.range(1, 64) * 512).min(config.size - off);
+        h.dev().discard(off, len).unwrap();
+        settle_discard(h.dev(), &mut model, off, len, config.cluster_size())
+            .unwrap_or_else(|e| panic!("{} seed {seed:#x}: {e}", config.name));
+        let off = rng.below(config.size / 512) * 512;
+        let len = (rng.range(1, 64) * 512).min(config.size - off);
+        let op = Op::Write {
+            off,
+            len,
+            seed: rng.next(),
+        };
+        apply_dev(&mut h, &op).unwrap();
+        apply_model(&mut model, &op);
+    }
+    if let Err(e) = compare_range(h.dev(), &model, 0, config.size) {
+        panic!("{} seed {seed:#x}: after refilling: {e}", config.name);
+    }
+    h.close();
+    judge_by_qemu(
+        &img.path,
+        "qcow2",
+        &model,
+        &format!("{} seed {seed:#x}: refilled", config.name),
+    );
+}
+
+#[test]
+fn interop_fill_c512_rc64_refcount_table_growth() {
+    run_fill(
+        Config::qcow2(512, 3, 64, false, false, Backing::None, 5 * MIB + 512),
+        0xF111_0001,
+    );
+}
+
+#[test]
+fn interop_fill_c512_v2_qcow2_backing() {
+    run_fill(
+        Config::qcow2(512, 2, 16, false, false, Backing::Qcow2(MIB), 3 * MIB),
+        0xF111_0002,
+    );
+}
+
+#[test]
+fn interop_fill_c4k_rc64_lazy() {
+    run_fill(
+        Config::qcow2(4 * KIB, 3, 64, false, true, Backing::None, 12 * MIB),
+        0xF111_0003,
+    );
+}
