@@ -495,7 +495,54 @@ fn interop_snapshot_c64k_lazy_rc64() {
 
 /// Truncate: grow (each preallocation mode), shrink, grow again; each
 /// judged by QEMU.
-fn run_truncate(config: Config, default_seed: u64) {
+/// Which sizes a truncate test goes through.
+#[derive(Clone, Copy)]
+enum Resizes {
+    /// Every preallocation mode while growing, then shrink and grow.
+    All,
+    /// Growing and shrinking without preallocation.
+    Off,
+    /// Growing with falloc, full and metadata, then shrinking.
+    Prealloc,
+}
+
+/// The sizes (multiples of 512, as qcow2 needs) and modes of a truncate
+/// test.
+fn resize_steps(which: Resizes, size: u64, cs: u64) -> Vec<(u64, Preallocation)> {
+    let steps = match which {
+        Resizes::All => vec![
+            // Grow far past the L1 table's first cluster.
+            (size * 7 + 3 * 512, Preallocation::Off),
+            (size * 7 + 3 * 512 + 5 * cs + 1024, Preallocation::Metadata),
+            (size * 8 + 20 * cs, Preallocation::Falloc),
+            (size * 8 + 23 * cs + 512, Preallocation::Full),
+            // Shrink to the middle of a cluster, below the original size.
+            (size / 2 + 1536, Preallocation::Off),
+            // And grow again: what was cut off must not come back.
+            (size * 3, Preallocation::Off),
+        ],
+        Resizes::Off => vec![
+            (size * 5 + 512, Preallocation::Off),
+            (size / 2 + 1536, Preallocation::Off),
+            (size * 2 + 7 * 512, Preallocation::Off),
+            // Down to a cluster and a half, up again.
+            (cs + cs / 2, Preallocation::Off),
+            (size * 4, Preallocation::Off),
+        ],
+        Resizes::Prealloc => vec![
+            (size * 3 + 512, Preallocation::Falloc),
+            (size * 4 + 3 * cs, Preallocation::Full),
+            (size * 6 + 2048, Preallocation::Metadata),
+            (size * 2 + 512, Preallocation::Off),
+        ],
+    };
+    steps
+        .into_iter()
+        .map(|(n, p)| (n.div_ceil(512) * 512, p))
+        .collect()
+}
+
+fn run_truncate(config: Config, which: Resizes, default_seed: u64) {
     let seed = seed(default_seed);
     let nops = ops_count(30);
     let dir = tempfile::tempdir().unwrap();
@@ -506,21 +553,7 @@ fn run_truncate(config: Config, default_seed: u64) {
     let mut config = config;
     let mut rng = Rng(seed);
     let mut log = Vec::new();
-    let cs = config.cluster_size();
-    let steps: Vec<(u64, Preallocation)> = vec![
-        // Grow far past the L1 table's first cluster.
-        (config.size * 7 + 3 * 512, Preallocation::Off),
-        (
-            config.size * 7 + 3 * 512 + 5 * cs + 1024,
-            Preallocation::Metadata,
-        ),
-        (config.size * 8 + 20 * cs, Preallocation::Falloc),
-        (config.size * 8 + 23 * cs + 512, Preallocation::Full),
-        // Shrink to the middle of a cluster, below the original size.
-        (config.size / 2 + 1536, Preallocation::Off),
-        // And grow again: what was cut off must not come back.
-        (config.size * 3, Preallocation::Off),
-    ];
+    let steps = resize_steps(which, config.size, config.cluster_size());
     let mut h = Handle::open(&p);
     if let Err(e) = drive(
         &mut h,
@@ -578,13 +611,14 @@ fn run_truncate(config: Config, default_seed: u64) {
 /// The harness itself, on raw images.
 #[test]
 fn interop_truncate_raw() {
-    run_truncate(Config::raw(300 * KIB), 0x7A0_0001);
+    run_truncate(Config::raw(300 * KIB), Resizes::All, 0x7A0_0001);
 }
 
 #[test]
 fn interop_truncate_c512_v2() {
     run_truncate(
         Config::qcow2(512, 2, 16, false, false, Backing::None, 40 * KIB),
+        Resizes::All,
         0x7A0_0002,
     );
 }
@@ -595,6 +629,7 @@ fn interop_truncate_c4k_qcow2_backing_longer() {
     // its data visible.
     run_truncate(
         Config::qcow2(4 * KIB, 3, 16, false, false, Backing::Qcow2(3 * MIB), MIB),
+        Resizes::All,
         0x7A0_0003,
     );
 }
@@ -611,6 +646,7 @@ fn interop_truncate_c64k_extl2_raw_backing() {
             Backing::Raw(3 * MIB),
             2 * MIB + 512,
         ),
+        Resizes::All,
         0x7A0_0004,
     );
 }
@@ -832,5 +868,52 @@ fn interop_fill_c4k_rc64_lazy() {
     run_fill(
         Config::qcow2(4 * KIB, 3, 64, false, true, Backing::None, 12 * MIB),
         0xF111_0003,
+    );
+}
+
+#[test]
+fn interop_truncate_c512_v2_off() {
+    run_truncate(
+        Config::qcow2(512, 2, 16, false, false, Backing::None, 40 * KIB),
+        Resizes::Off,
+        0x7A0_0005,
+    );
+}
+
+#[test]
+fn interop_truncate_c64k_rc1_off() {
+    run_truncate(
+        Config::qcow2(64 * KIB, 3, 1, false, false, Backing::None, 3 * MIB + 512),
+        Resizes::Off,
+        0x7A0_0006,
+    );
+}
+
+#[test]
+fn interop_truncate_c4k_shorter_backing_off() {
+    // Shrinking below the backing file's end, then growing: the backing
+    // file's data must not come back.
+    run_truncate(
+        Config::qcow2(4 * KIB, 3, 16, false, false, Backing::Raw(700 * KIB), MIB),
+        Resizes::Off,
+        0x7A0_0007,
+    );
+}
+
+#[test]
+fn interop_truncate_c64k_extl2_prealloc() {
+    run_truncate(
+        Config::qcow2(64 * KIB, 3, 16, true, false, Backing::None, MIB + 512),
+        Resizes::Prealloc,
+        0x7A0_0008,
+    );
+}
+
+#[test]
+fn interop_truncate_c4k_v2_prealloc() {
+    run_truncate(
+        Config::qcow2(4 * KIB, 2, 16, false, false, Backing::None, MIB),
+        Resizes::Prealloc,
+        0x7A0_0009,
     );
 }
