@@ -15,6 +15,7 @@ mod map;
 mod open;
 mod progress;
 mod qjson;
+mod resize;
 mod size;
 
 use std::ffi::OsString;
@@ -25,7 +26,7 @@ const VERSION_QEMU: &str = "10.0.2";
 
 /// qemu-img's commands that diskimg does not implement yet.
 const LATER: &[&str] = &[
-    "amend", "bench", "bitmap", "commit", "dd", "measure", "rebase", "resize", "snapshot",
+    "amend", "bench", "bitmap", "commit", "dd", "measure", "rebase", "snapshot",
 ];
 
 /// Prints the version. Under the qemu-img name the first line carries the
@@ -169,6 +170,7 @@ fn run(ctx: &Ctx, argv: &[OsString], diskimg_words: bool) -> i32 {
         "info" => info::run(ctx, rest),
         "map" => map::run(ctx, rest),
         "convert" => convert::run(ctx, rest),
+        "resize" => resize::run(ctx, rest),
         "compare" => compare::run(ctx, rest),
         "check" => check::run(ctx, rest),
         "create" => create::run(ctx, rest),
