@@ -15,8 +15,9 @@
 //!   flush touched, which may hold any value those operations gave them.
 //!
 //! The next round continues on the same image from the state read back.
-//! 56 kills in all over cluster sizes 512 B to 2 MiB, lazy refcounts on
-//! and off, with and without a backing file. Seeded: a failure names the
+//! 70 kills in all over cluster sizes 512 B to 2 MiB, lazy refcounts on
+//! and off, with and without a backing file, and over clusters shared with
+//! an internal snapshot (which must survive every kill). Seeded: a failure names the
 //! seed and round; `DISKIMG_SEED` reruns with another seed.
 
 mod write_common;
@@ -53,8 +54,15 @@ fn configs() -> Vec<Config> {
         Config::qcow2(2 * MIB, 3, 16, false, false, Backing::None, 12 * MIB),
         Config::qcow2(2 * MIB, 3, 16, true, true, Backing::Raw(5 * MIB), 12 * MIB),
         Config::raw(MIB),
+        Config::qcow2(64 * KIB, 3, 16, false, false, Backing::None, 2 * MIB),
+        Config::qcow2(4 * KIB, 3, 16, false, true, Backing::None, MIB),
     ]
 }
+
+/// Configurations whose image first gets data and an internal snapshot
+/// (`qemu-img snapshot -c`), so that the child's writes copy shared
+/// clusters; the snapshot must survive every kill.
+const SNAPSHOT_CONFIGS: [usize; 2] = [9, 10];
 
 const CRASH_MIX: OpMix = OpMix {
     write: 75,
@@ -163,6 +171,33 @@ fn run_crash(index: usize, default_seed: u64) {
     let size = config.size;
     let mut state = img.model.get(0, size);
     let mut rng = Rng(seed ^ 0xC4A5);
+    let snapshot = SNAPSHOT_CONFIGS.contains(&index);
+    if snapshot {
+        let mut h = Handle::open(&img.path);
+        let mut data = vec![0u8; size as usize];
+        rng.fill(&mut data);
+        h.dev().write_at(&data, 0).unwrap();
+        h.close();
+        qemu_img(&["snapshot", "-c", "s0", &img.path.to_string_lossy()]);
+        assert_check_clean(
+            &img.path,
+            fmt,
+            &format!("{}: after snapshot -c", config.name),
+        );
+        state = data;
+    }
+    let snapshot_data = state.clone();
+    let check_snapshot = |ctx: &str| {
+        if snapshot {
+            let raw = img.path.with_extension("s0.raw");
+            qemu_convert_raw(&img.path, fmt, &raw, &["-l", "snapshot.name=s0"]);
+            let got = read_all(&raw);
+            let _ = std::fs::remove_file(&raw);
+            if let Some(b) = got.iter().zip(&snapshot_data).position(|(a, b)| a != b) {
+                panic!("{ctx}: snapshot s0 changed at guest byte {b}");
+            }
+        }
+    };
     let exe = std::env::current_exe().unwrap();
     let report = dir.path().join("report");
     let child_err = dir.path().join("child.stderr");
@@ -336,6 +371,7 @@ fn run_crash(index: usize, default_seed: u64) {
                 check.leaks
             );
         }
+        check_snapshot(&ctx);
         state = got;
     }
     assert_eq!(kills, ROUNDS);
@@ -357,6 +393,7 @@ fn run_crash(index: usize, default_seed: u64) {
         "{}: the data changed at the final open",
         config.name
     );
+    check_snapshot(&format!("{}: at the end", config.name));
 }
 
 #[test]
@@ -403,4 +440,14 @@ fn crash_c2m_extl2_lazy_raw_backing() {
 #[test]
 fn crash_raw() {
     run_crash(8, 0xC0DE_0009);
+}
+
+#[test]
+fn crash_c64k_over_snapshot() {
+    run_crash(9, 0xC0DE_000A);
+}
+
+#[test]
+fn crash_c4k_lazy_over_snapshot() {
+    run_crash(10, 0xC0DE_000B);
 }
