@@ -14,6 +14,10 @@
 //! its own guest offset. Afterwards each sector must be exactly one
 //! writer's sector for that offset, or unchanged if nobody wrote it.
 //!
+//! Two configurations run over clusters shared with an internal snapshot
+//! made by `qemu-img snapshot -c`, so that concurrent writes copy shared
+//! clusters; the snapshot must read as before.
+//!
 //! At the end the closed image is judged by QEMU: `qemu-img check` clean,
 //! `qemu-img convert -O raw` equal to the model. Seeded; a failure prints
 //! the seed (the interleaving itself is not reproducible).
@@ -216,13 +220,32 @@ fn phase2(
 }
 
 fn run_concurrency(config: Config, default_seed: u64, ops: usize) {
+    run_concurrency_opt(config, default_seed, ops, false);
+}
+
+/// With `snapshot`, the image is first filled through the library and
+/// snapshotted by `qemu-img snapshot -c`: every write then copies a
+/// shared cluster, concurrently; the snapshot must stay intact.
+fn run_concurrency_opt(config: Config, default_seed: u64, ops: usize, snapshot: bool) {
     let seed = seed(default_seed);
     let ops = ops_count(ops);
     let dir = tempfile::tempdir().unwrap();
     let img = make_image(dir.path(), &config, seed);
+    let mut model = img.model;
+    let mut snap_model = None;
+    if snapshot {
+        let mut h = Handle::open(&img.path);
+        let mut data = vec![0u8; config.size as usize];
+        Rng(seed ^ 0x5AA9).fill(&mut data);
+        h.dev().write_at(&data, 0).unwrap();
+        h.close();
+        model.write(&data, 0);
+        qemu_img(&["snapshot", "-c", "s0", &img.path.to_string_lossy()]);
+        snap_model = Some(model.clone());
+    }
     let mut h = Handle::open(&img.path);
     let dev = h.arc();
-    let model = phase1(&dev, &config, img.model, seed, ops);
+    let model = phase1(&dev, &config, model, seed, ops);
     if let Err(e) = compare_windows(dev.as_ref(), &model, &config) {
         panic!("{} seed {seed:#x} (after phase 1): {e}", config.name);
     }
@@ -236,6 +259,13 @@ fn run_concurrency(config: Config, default_seed: u64, ops: usize) {
         &model,
         &format!("{} seed {seed:#x}", config.name),
     );
+    if let Some(m) = snap_model {
+        let raw = dir.path().join("s0.raw");
+        qemu_convert_raw(&img.path, "qcow2", &raw, &["-l", "snapshot.name=s0"]);
+        if let Err(e) = compare_raw_file(&raw, &m) {
+            panic!("{} seed {seed:#x}: snapshot s0 changed: {e}", config.name);
+        }
+    }
 }
 
 /// The harness itself, on a raw image.
@@ -302,5 +332,33 @@ fn concurrency_c2m_qcow2_backing() {
         ),
         0xC0C0_0006,
         20,
+    );
+}
+
+#[test]
+fn concurrency_c64k_over_snapshot() {
+    run_concurrency_opt(
+        Config::qcow2(64 * KIB, 3, 16, false, false, Backing::None, MIB),
+        0xC0C0_0007,
+        60,
+        true,
+    );
+}
+
+#[test]
+fn concurrency_c16k_extl2_lazy_over_snapshot() {
+    run_concurrency_opt(
+        Config::qcow2(
+            16 * KIB,
+            3,
+            8,
+            true,
+            true,
+            Backing::Raw(100 * KIB),
+            512 * KIB,
+        ),
+        0xC0C0_0008,
+        60,
+        true,
     );
 }
