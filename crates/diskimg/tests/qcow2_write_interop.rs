@@ -917,3 +917,108 @@ fn interop_truncate_c4k_v2_prealloc() {
         0x7A0_0009,
     );
 }
+
+/// Bytes the file occupies on disk.
+fn disk_usage(p: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().blocks() * 512
+}
+
+/// Discard and write_zeroes with unmap free what they cover: no cluster
+/// stays allocated (as `qemu-img check` counts them) and the file's
+/// blocks go back to the file system (holes are punched).
+fn run_unmap_frees(config: Config, by_zero_writes: bool, default_seed: u64) {
+    let seed = seed(default_seed);
+    let dir = tempfile::tempdir().unwrap();
+    let img = make_image(dir.path(), &config, seed);
+    let mut model = img.model;
+    let mut h = Handle::open(&img.path);
+    let mut data = vec![0u8; config.size as usize];
+    Rng(seed).fill(&mut data);
+    h.dev().write_at(&data, 0).unwrap();
+    model.write(&data, 0);
+    h.close();
+    let ctx = format!("{} seed {seed:#x}", config.name);
+    judge_by_qemu(&img.path, "qcow2", &model, &format!("{ctx}: filled"));
+    let full = disk_usage(&img.path);
+    let mut h = Handle::open(&img.path);
+    // In pieces of whole clusters (a cluster covered only in part stays
+    // allocated, in QEMU too).
+    let piece = 3 * config.cluster_size();
+    let mut off = 0;
+    while off < config.size {
+        let len = piece.min(config.size - off);
+        if by_zero_writes {
+            h.dev().write_zeroes(off, len, true).unwrap();
+        } else {
+            h.dev().discard(off, len).unwrap();
+        }
+        off += len;
+    }
+    // No backing file: everything reads as zeros.
+    model.zero(0, config.size);
+    if let Err(e) = compare_range(h.dev(), &model, 0, config.size) {
+        panic!("{ctx}: {e}");
+    }
+    h.close();
+    judge_by_qemu(&img.path, "qcow2", &model, &format!("{ctx}: unmapped"));
+    let out = tool("qemu-img")
+        .args(["check", "--output=json"])
+        .arg(&img.path)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["allocated-clusters"].as_u64().unwrap_or(0),
+        0,
+        "{ctx}: clusters stay allocated after {}: {v}",
+        if by_zero_writes {
+            "write_zeroes with unmap"
+        } else {
+            "discard"
+        }
+    );
+    let after = disk_usage(&img.path);
+    assert!(
+        full.saturating_sub(after) >= config.size / 10 * 9,
+        "{ctx}: the file still occupies {after} bytes on disk after unmapping everything \
+         ({full} when full, {} guest bytes): no holes punched",
+        config.size
+    );
+}
+
+#[test]
+fn interop_discard_frees_c64k() {
+    run_unmap_frees(
+        Config::qcow2(64 * KIB, 3, 16, false, false, Backing::None, 8 * MIB),
+        false,
+        0xF4EE_0001,
+    );
+}
+
+#[test]
+fn interop_zero_unmap_frees_c4k_v2() {
+    run_unmap_frees(
+        Config::qcow2(4 * KIB, 2, 16, false, false, Backing::None, 4 * MIB),
+        true,
+        0xF4EE_0002,
+    );
+}
+
+#[test]
+fn interop_discard_frees_c64k_extl2() {
+    run_unmap_frees(
+        Config::qcow2(64 * KIB, 3, 16, true, false, Backing::None, 8 * MIB),
+        false,
+        0xF4EE_0003,
+    );
+}
+
+#[test]
+fn interop_zero_unmap_frees_c2m() {
+    run_unmap_frees(
+        Config::qcow2(2 * MIB, 3, 16, false, false, Backing::None, 16 * MIB),
+        true,
+        0xF4EE_0004,
+    );
+}
