@@ -15,9 +15,10 @@
 //!   flush touched, which may hold any value those operations gave them.
 //!
 //! The next round continues on the same image from the state read back.
-//! 70 kills in all over cluster sizes 512 B to 2 MiB, lazy refcounts on
+//! 84 kills in all over cluster sizes 512 B to 2 MiB, lazy refcounts on
 //! and off, with and without a backing file, and over clusters shared with
-//! an internal snapshot (which must survive every kill). Seeded: a failure names the
+//! an internal snapshot (which must survive every kill), and with L2 caches of
+//! two tables (dirty tables evicted while the child runs). Seeded: a failure names the
 //! seed and round; `DISKIMG_SEED` reruns with another seed.
 
 mod write_common;
@@ -56,6 +57,9 @@ fn configs() -> Vec<Config> {
         Config::raw(MIB),
         Config::qcow2(64 * KIB, 3, 16, false, false, Backing::None, 2 * MIB),
         Config::qcow2(4 * KIB, 3, 16, false, true, Backing::None, MIB),
+        // Small L2 caches: dirty tables are evicted while the child runs.
+        Config::qcow2(512, 3, 16, false, false, Backing::Raw(64 * KIB), 256 * KIB).with_l2_cache(2),
+        Config::qcow2(512, 3, 16, false, true, Backing::None, 256 * KIB).with_l2_cache(2),
     ]
 }
 
@@ -118,7 +122,7 @@ fn crash_child() {
         .append(true)
         .open(parts[3])
         .unwrap();
-    let mut h = Handle::open(&image);
+    let mut h = Handle::open_cache(&image, config.l2_cache);
     report.write_all(b"open\n").unwrap();
     let mut ops = CrashOps::new(seed, &config);
     for i in 0..1_000_000u64 {
@@ -450,4 +454,14 @@ fn crash_c64k_over_snapshot() {
 #[test]
 fn crash_c4k_lazy_over_snapshot() {
     run_crash(10, 0xC0DE_000B);
+}
+
+#[test]
+fn crash_c512_l2cache2_raw_backing() {
+    run_crash(11, 0xC0DE_000C);
+}
+
+#[test]
+fn crash_c512_lazy_l2cache2() {
+    run_crash(12, 0xC0DE_000D);
 }

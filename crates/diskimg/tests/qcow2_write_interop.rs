@@ -212,6 +212,7 @@ fn run_combo(i: usize, combo: &Combo, seed: u64, nops: usize) -> bool {
         size: o.size,
         qcow2: o.qcow2.clone(),
         backing: combo.backing,
+        l2_cache: None,
     };
     let mut base = Vec::new();
     match combo.backing {

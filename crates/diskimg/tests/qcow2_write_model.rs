@@ -27,7 +27,7 @@ fn run_ops(config: &Config, seed: u64, ops: &[Op]) -> Result<(), (usize, String)
     let mut model = img.model;
     let cs = config.cluster_size();
     let margin = cs.min(256 * 1024);
-    let mut h = Handle::open(&img.path);
+    let mut h = Handle::open_cache(&img.path, config.l2_cache);
     for (i, op) in ops.iter().enumerate() {
         let step = || -> Result<(), String> {
             apply_dev(&mut h, op)?;
@@ -343,4 +343,31 @@ fn harness_catches_wrong_bytes() {
     f.write_all_at(&[9], 50000).unwrap();
     let judged = std::panic::catch_unwind(|| judge_by_qemu(&img.path, "raw", &model, "self-test"));
     assert!(judged.is_err(), "the QEMU judge missed a stray byte");
+}
+
+#[test]
+fn model_c512_v3_rc16_l2cache2_qcow2_backing() {
+    run_model(
+        Config::qcow2(512, 3, 16, false, false, Backing::Qcow2(20 * KIB), 0).with_l2_cache(2),
+        0x5EED_0C01,
+        300,
+    );
+}
+
+#[test]
+fn model_c4k_v2_l2cache2_raw_backing() {
+    run_model(
+        Config::qcow2(4 * KIB, 2, 16, false, false, Backing::Raw(64 * KIB), 0).with_l2_cache(2),
+        0x5EED_0C02,
+        250,
+    );
+}
+
+#[test]
+fn model_c64k_extl2_lazy_l2cache2() {
+    run_model(
+        Config::qcow2(64 * KIB, 3, 16, true, true, Backing::None, 0).with_l2_cache(2),
+        0x5EED_0C03,
+        200,
+    );
 }

@@ -394,6 +394,10 @@ pub struct Config {
     pub qcow2: Qcow2CreateOptions,
     /// The backing file.
     pub backing: Backing,
+    /// Bytes of L2 cache to open the image with (`None`: the default,
+    /// which maps the whole image); small values force evictions of dirty
+    /// tables.
+    pub l2_cache: Option<u64>,
 }
 
 impl Config {
@@ -405,6 +409,7 @@ impl Config {
             size,
             qcow2: Qcow2CreateOptions::default(),
             backing: Backing::None,
+            l2_cache: None,
         }
     }
 
@@ -435,6 +440,7 @@ impl Config {
             size,
             qcow2,
             backing,
+            l2_cache: None,
         };
         if size == 0 {
             c.size = c.l2_span() + 4 * c.cluster_size().max(PAGE * 16);
@@ -453,6 +459,13 @@ impl Config {
             }
         );
         c
+    }
+
+    /// The same configuration opened with an L2 cache of `tables` tables.
+    pub fn with_l2_cache(mut self, tables: u64) -> Config {
+        self.l2_cache = Some(tables * self.cluster_size());
+        self.name.push_str(&format!("-l2cache{tables}"));
+        self
     }
 
     /// The format name as qemu-img spells it.
@@ -595,8 +608,14 @@ pub fn make_image(dir: &Path, config: &Config, seed: u64) -> TestImage {
 
 /// Opens `path` for writing through the library.
 pub fn open_rw(path: &Path) -> Arc<dyn BlockDevice> {
+    open_rw_cache(path, None)
+}
+
+/// Opens `path` for writing with `l2_cache_size` bytes of L2 cache.
+pub fn open_rw_cache(path: &Path, l2_cache_size: Option<u64>) -> Arc<dyn BlockDevice> {
     let opts = OpenOptions {
         writable: true,
+        l2_cache_size,
         ..OpenOptions::default()
     };
     diskimg::open(path, &opts)
@@ -748,15 +767,23 @@ pub fn gen_op(rng: &mut Rng, config: &Config, mix: &OpMix) -> Op {
 pub struct Handle {
     /// The image.
     pub path: PathBuf,
+    l2_cache: Option<u64>,
     dev: Option<Arc<dyn BlockDevice>>,
 }
 
 impl Handle {
     /// Opens `path` for writing.
     pub fn open(path: &Path) -> Handle {
+        Handle::open_cache(path, None)
+    }
+
+    /// Opens `path` for writing with `l2_cache` bytes of L2 cache (kept
+    /// when the image is reopened).
+    pub fn open_cache(path: &Path, l2_cache: Option<u64>) -> Handle {
         Handle {
             path: path.to_path_buf(),
-            dev: Some(open_rw(path)),
+            l2_cache,
+            dev: Some(open_rw_cache(path, l2_cache)),
         }
     }
 
@@ -791,7 +818,7 @@ impl Handle {
     /// Closes the image and opens it again for writing.
     pub fn reopen(&mut self) {
         self.close();
-        self.dev = Some(open_rw(&self.path));
+        self.dev = Some(open_rw_cache(&self.path, self.l2_cache));
     }
 }
 
