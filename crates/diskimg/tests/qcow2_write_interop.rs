@@ -1023,3 +1023,91 @@ fn interop_zero_unmap_frees_c2m() {
         0xF4EE_0004,
     );
 }
+
+/// A guest write that would land on metadata (an L2 entry, marked
+/// copied, pointing at the refcount table, a refcount block, the L1 or the
+/// L2 table, or inside the header cluster) is refused, the
+/// image is marked corrupt as QEMU marks it, the metadata is untouched,
+/// and a later writable open is refused.
+#[test]
+fn interop_write_onto_metadata_marks_corrupt() {
+    use std::os::unix::fs::FileExt;
+    let mut failures = Vec::new();
+    for target in [
+        "refcount table",
+        "refcount block",
+        "L2 table",
+        "L1 table",
+        "header",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("img.qcow2");
+        let ps = p.to_string_lossy().into_owned();
+        qemu_img(&["create", "-q", "-f", "qcow2", &ps, "1M"]);
+        let mut c = tool("qemu-io");
+        c.args(["-f", "qcow2", "-c", "write -P 7 0 64k", &ps]);
+        run(c);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&p)
+            .unwrap();
+        let be64 = |off: u64| {
+            let mut b = [0u8; 8];
+            f.read_exact_at(&mut b, off).unwrap();
+            u64::from_be_bytes(b)
+        };
+        let l1 = be64(40);
+        let reftable = be64(48);
+        let l2 = be64(l1) & 0x00ff_ffff_ffff_fe00;
+        let victim = match target {
+            "refcount table" => reftable,
+            "L2 table" => l2,
+            "L1 table" => l1,
+            "refcount block" => be64(reftable),
+            _ => 0,
+        };
+        // Guest cluster 0 now claims the metadata as its data.
+        // (Offset 0 is "unallocated" in a standard entry: aim at the
+        // header's second sector, still inside cluster 0.)
+        let entry = (1u64 << 63) | if victim == 0 { 512 } else { victim };
+        f.write_all_at(&entry.to_be_bytes(), l2).unwrap();
+        let mut before = vec![0u8; 65536];
+        f.read_exact_at(&mut before, victim).unwrap();
+        drop(f);
+
+        let dev = open_rw(&p);
+        let r = dev.write_at(&[0xEE; 4096], 0);
+        drop(dev);
+        if r.is_ok() {
+            failures.push(format!(
+                "{target}: a write through an L2 entry pointing at the {target} succeeded \
+                 (QEMU refuses it and marks the image corrupt)"
+            ));
+            continue;
+        }
+        let err = r.unwrap_err();
+        let f = std::fs::File::open(&p).unwrap();
+        let mut after = vec![0u8; 65536];
+        f.read_exact_at(&mut after, victim).unwrap();
+        if before != after {
+            failures.push(format!("{target}: the {target} was overwritten"));
+        }
+        let info = qemu_info(&p);
+        if info["format-specific"]["data"]["corrupt"] != true {
+            failures.push(format!(
+                "{target}: the write was refused ({err}) but the image is not marked corrupt \
+                 (QEMU marks it)"
+            ));
+            continue;
+        }
+        let opts = diskimg::OpenOptions {
+            writable: true,
+            ..diskimg::OpenOptions::default()
+        };
+        if diskimg::open(&p, &opts).is_ok() {
+            failures.push(format!("{target}: a corrupt image opens for writing"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
