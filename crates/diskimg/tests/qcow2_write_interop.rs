@@ -1111,3 +1111,54 @@ fn interop_write_onto_metadata_marks_corrupt() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// An image with a persistent bitmap written by the library, which does
+/// not write bitmaps: handled as QEMU handles a program lacking bitmap
+/// support (the autoclear bit cleared on the writable open): QEMU then
+/// warns, drops the bitmaps, and finds only their clusters leaked; after
+/// `qemu-img check -r leaks` the image is clean and reads as written.
+#[test]
+fn interop_bitmap_image_written_without_bitmap_support() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("b.qcow2");
+    let ps = p.to_string_lossy().into_owned();
+    qemu_img(&["create", "-q", "-f", "qcow2", &ps, "4M"]);
+    let mut c = tool("qemu-io");
+    c.args(["-f", "qcow2", "-c", "write -P 7 0 64k", &ps]);
+    run(c);
+    qemu_img(&["bitmap", "--add", &ps, "b0"]);
+    let mut model = Model::new(4 * MIB, std::sync::Arc::new(Vec::new()));
+    model.write(&[7u8; 65536], 0);
+    let config = Config::qcow2(64 * KIB, 3, 16, false, false, Backing::None, 4 * MIB);
+    let mut h = Handle::open(&p);
+    let mut log = Vec::new();
+    let mut rng = Rng(0xB17);
+    if let Err(e) = drive(
+        &mut h,
+        &mut model,
+        &config,
+        &mut rng,
+        30,
+        &INTEROP_MIX,
+        &mut log,
+    ) {
+        panic!("{}", drive_failure("bitmap image", 0xB17, &log, &e));
+    }
+    h.close();
+    let check = qemu_check(&p, "qcow2");
+    assert!(check.consistent(), "{}", check.output);
+    assert!(
+        check
+            .output
+            .contains("a program lacking bitmap support modified this file"),
+        "QEMU does not see the bitmaps as invalidated: {}",
+        check.output
+    );
+    let info = qemu_info(&p);
+    assert!(
+        info["format-specific"]["data"].get("bitmaps").is_none(),
+        "the bitmap survives as if valid: {info}"
+    );
+    qemu_img(&["check", "-q", "-r", "leaks", &ps]);
+    judge_by_qemu(&p, "qcow2", &model, "bitmap image after check -r leaks");
+}
