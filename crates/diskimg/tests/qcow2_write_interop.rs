@@ -1162,3 +1162,100 @@ fn interop_bitmap_image_written_without_bitmap_support() {
     qemu_img(&["check", "-q", "-r", "leaks", &ps]);
     judge_by_qemu(&p, "qcow2", &model, "bitmap image after check -r leaks");
 }
+
+/// Edge requests: empty requests anywhere (including at the end) change
+/// nothing; requests reaching past the end are refused and change
+/// nothing; a read-only open refuses every write.
+#[test]
+fn interop_edge_requests() {
+    let configs = [
+        Config::raw(MIB),
+        Config::qcow2(512, 2, 16, false, false, Backing::Raw(100 * KIB), MIB + 512),
+        Config::qcow2(64 * KIB, 3, 16, true, true, Backing::None, 3 * MIB + 1536),
+        Config::qcow2(2 * MIB, 3, 1, false, false, Backing::None, 5 * MIB),
+    ];
+    let mut empty_failures = Vec::new();
+    for config in configs {
+        let dir = tempfile::tempdir().unwrap();
+        let img = make_image(dir.path(), &config, 5);
+        let mut model = img.model;
+        let size = config.size;
+        let name = &config.name;
+        let mut h = Handle::open(&img.path);
+        let mut data = vec![0u8; 300 * 1024];
+        Rng(9).fill(&mut data);
+        h.dev().write_at(&data, size - data.len() as u64).unwrap();
+        model.write(&data, size - data.len() as u64);
+        // Empty requests succeed (as in QEMU); failures are collected so
+        // that every configuration runs.
+        for off in [0, 1, 512, size / 2 + 3, size - 1, size] {
+            if let Err(e) = h.dev().write_at(&[], off) {
+                empty_failures.push(format!("{name}: empty write at {off}: {e}"));
+            }
+            if let Err(e) = h.dev().write_zeroes(off, 0, true) {
+                empty_failures.push(format!("{name}: empty write_zeroes at {off}: {e}"));
+            }
+            if let Err(e) = h.dev().discard(off, 0) {
+                empty_failures.push(format!("{name}: empty discard at {off}: {e}"));
+            }
+        }
+        for (off, len) in [
+            (size - 10, 20),
+            (size, 1),
+            (size + 4096, 512),
+            (u64::MAX - 10, 20),
+            (0, size + 1),
+        ] {
+            let w = if len <= 1 << 20 {
+                h.dev().write_at(&vec![0xAB; len as usize], off).is_err()
+            } else {
+                true
+            };
+            assert!(
+                w,
+                "{name}: a write of {len} at {off} past the end succeeded"
+            );
+            assert!(
+                h.dev().write_zeroes(off, len, false).is_err(),
+                "{name}: write_zeroes of {len} at {off} past the end succeeded"
+            );
+            assert!(
+                h.dev().write_zeroes(off, len, true).is_err(),
+                "{name}: write_zeroes (unmap) of {len} at {off} past the end succeeded"
+            );
+            assert!(
+                h.dev().discard(off, len).is_err(),
+                "{name}: discard of {len} at {off} past the end succeeded"
+            );
+        }
+        assert_eq!(h.dev().size(), size, "{name}: the size changed");
+        if let Err(e) = compare_range(h.dev(), &model, 0, size) {
+            panic!("{name}: {e}");
+        }
+        h.close();
+        judge_by_qemu(&img.path, config.fmt(), &model, name);
+        // Read-only: every write refused, nothing changes.
+        let ro = open_ro(&img.path);
+        assert!(
+            ro.write_at(&[1; 512], 0).is_err(),
+            "{name}: read-only write"
+        );
+        assert!(
+            ro.write_zeroes(0, 512, true).is_err(),
+            "{name}: read-only write_zeroes"
+        );
+        assert!(ro.discard(0, 65536).is_err(), "{name}: read-only discard");
+        assert!(
+            ro.truncate(size * 2, diskimg::Preallocation::Off).is_err(),
+            "{name}: read-only truncate"
+        );
+        drop(ro);
+        judge_by_qemu(
+            &img.path,
+            config.fmt(),
+            &model,
+            &format!("{name} (read-only)"),
+        );
+    }
+    assert!(empty_failures.is_empty(), "{}", empty_failures.join("\n"));
+}
