@@ -3,14 +3,17 @@
 //! and unaligned offsets and lengths, crossing cluster and L2 table
 //! boundaries, over the qcow2 option matrix (cluster sizes 512 B to 2 MiB,
 //! extended L2, compat v2/v3, refcount widths, lazy refcounts, raw and
-//! qcow2 backing files shorter than the image). After every step the
+//! qcow2 backing files shorter than the image, L2 caches of two tables so
+//! that dirty tables are evicted mid-run). After every step the
 //! touched range (with a margin) is compared with an in-memory model of the
 //! guest's bytes, periodically every window the operations touch; at the
 //! end the closed image is judged by QEMU: `qemu-img check` clean (no
 //! errors, no leaks) and `qemu-img convert -O raw` equal to the model.
 //!
-//! Seeded and reproducible: a failure prints the seed and the operations;
-//! `DISKIMG_SEED=<seed> DISKIMG_OPS=<n>` replays the first n of them.
+//! Seeded and reproducible: a failure prints the seed, the failing
+//! operation, and the sequence shrunk to a minimal one that still fails
+//! (for at most `DISKIMG_SHRINK_SECS`, default 20);
+//! `DISKIMG_SEED=<seed> DISKIMG_OPS=<n>` replays the first n operations.
 //! Needs qemu-img (Debian: qemu-utils); fails without it.
 
 mod write_common;
