@@ -15,7 +15,17 @@
 //!   active layer the new, `snapshot -a` brings the old back, `snapshot -d`
 //!   leaves a clean image;
 //! - truncate: growing (with every preallocation mode, growing the L1
-//!   table) and shrinking, the new space reading as zeros.
+//!   table) and shrinking, the new space reading as zeros (never as the
+//!   backing file, as in QEMU);
+//! - images QEMU made and wrote (its layout, compressed and zero clusters,
+//!   preallocation), then written by the library;
+//! - filling images with 512-byte clusters and 64-bit refcounts (the
+//!   refcount table grows and moves), refilling after discards;
+//! - discard and write_zeroes with unmap free the clusters and the space;
+//! - guest writes that would land on metadata (through hostile L2
+//!   entries) are refused and mark the image corrupt, as in QEMU;
+//! - a bitmap image written without bitmap support is what QEMU expects
+//!   of such a program; edge requests (empty, past the end, read-only).
 //!
 //! Seeded; a failure prints the seed. Needs qemu-img; fails without it.
 
