@@ -60,12 +60,18 @@ impl BlockDevice for Raw {
 
     fn write_zeroes(&self, offset: u64, len: u64, _unmap: bool) -> Result<()> {
         self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
         // A punched hole reads as zeros; the file keeps its size.
         self.storage.punch_hole(offset, len)
     }
 
     fn discard(&self, offset: u64, len: u64) -> Result<()> {
         self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
         self.storage.punch_hole(offset, len)
     }
 

@@ -228,7 +228,12 @@ impl Qcow2 {
                     }
                 }
                 let p = crate::chain::resolve_backing_path(path, &df).map_err(&wrap)?;
-                Arc::new(FileStorage::open(&p, OpenMode::ReadOnly).map_err(&wrap)?)
+                let mode = if opts.writable {
+                    OpenMode::ReadWrite
+                } else {
+                    OpenMode::ReadOnly
+                };
+                Arc::new(FileStorage::open(&p, mode).map_err(&wrap)?)
             } else {
                 Arc::new(UnopenedDataFile {
                     name: df,
@@ -295,9 +300,9 @@ impl Qcow2 {
         );
         let mut write_refusal = None;
         let writer = if opts.writable {
-            if has_data_file {
+            if has_data_file && !opts.open_data_file {
                 write_refusal = Some(format!(
-                    "writing qcow2 images with an external data file is not implemented yet ('{name}')"
+                    "'{name}' was opened without its external data file; it cannot be written"
                 ));
                 None
             } else {
@@ -400,7 +405,13 @@ impl Qcow2 {
             l1_offset: header.l1_table_offset,
             compressed_next: None,
         };
-        Ok(writer::WriteState::new(meta, protected))
+        let mut tables: std::collections::HashSet<u64> = l1
+            .iter()
+            .map(|e| e & OFFSET_MASK)
+            .filter(|&o| o != 0)
+            .collect();
+        tables.extend(meta.alloc.block_offsets());
+        Ok(writer::WriteState::new(meta, protected, tables))
     }
 
     /// The L2 table at `offset`, through the cache. The lock is not held

@@ -218,6 +218,18 @@ impl Qcow2 {
         header.refcount_table_clusters = k as u32;
         m.alloc = Allocator::load(st, &header)?;
         self.update_protected(m);
+        if let Some(w) = &self.writer {
+            let mut t = w.tables.write().unwrap_or_else(|e| e.into_inner());
+            t.retain(|&o| {
+                // Keep the L2 tables; the old refcount blocks are gone.
+                self.l1
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .any(|e| e & super::l2_entry::OFFSET_MASK == o)
+            });
+            t.extend(m.alloc.block_offsets());
+        }
         Ok(())
     }
 
