@@ -107,10 +107,10 @@ fn help_and_version_exit_zero() {
 #[test]
 fn unimplemented_commands_fail_clearly() {
     let s = Scratch::new();
-    let o = s.diskimg(&["resize", "x.qcow2", "1M"]);
+    let o = s.diskimg(&["amend", "x.qcow2"]);
     assert_eq!(o.rc, 1);
     assert_eq!(
         o.stderr,
-        "diskimg: Command 'resize' is not implemented yet\n"
+        "diskimg: Command 'amend' is not implemented yet\n"
     );
 }
