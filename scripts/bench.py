@@ -121,6 +121,23 @@ def build_many_clusters(path, size, clusters, seed):
     qemu_io(path, "qcow2", cmds, batch=5000)
 
 
+def build_chain(path, size, seed):
+    """(f) a 3-deep chain: a scattered base and two overlays, each with 10%
+    of the disk rewritten at random places; `path` is the top."""
+    base = path + ".base.qcow2"
+    mid = path + ".mid.qcow2"
+    build_scattered(base, size, seed)
+    r = random.Random(seed + 1)
+    for lower, upper in ((base, mid), (mid, path)):
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", os.path.basename(lower), "-F", "qcow2", upper])
+        cmds = []
+        for _ in range(size // 10 // (1 * MIB)):
+            pos = r.randrange(size // 65536) * 65536
+            length = min(r.randint(4, 32) * 65536, size - pos)
+            cmds.append(f"write -q -P {r.randint(1, 255)} {pos} {length}")
+        qemu_io(upper, "qcow2", cmds, batch=500)
+
+
 # --- measurement -------------------------------------------------------------------------
 
 TIME = shutil.which("time") and os.path.exists("/usr/bin/time") and "/usr/bin/time"
@@ -161,18 +178,27 @@ def same_file(a, b):
     return subprocess.run(["cmp", "-s", a, b]).returncode == 0
 
 
+def same_image(a, b):
+    """qcow2 outputs differ in layout: QEMU judges them (same guest bytes,
+    and a clean check of diskimg's)."""
+    same = subprocess.run(["qemu-img", "compare", "-q", a, b]).returncode == 0
+    clean = subprocess.run(["qemu-img", "check", "-q", b]).returncode == 0
+    return same and clean
+
+
 class Workload:
-    def __init__(self, name, desc, args, output=None, stdout=False):
+    def __init__(self, name, desc, args, output=None, stdout=False, image=False):
         self.name = name
         self.desc = desc
         self.args = args          # argv after the program name; "{out}" = output path
         self.output = output      # output file name pattern (convert)
         self.stdout = stdout      # compare stdout (map)
+        self.image = image        # outputs are images: compare guest bytes, report sizes
 
 
 def bench(work, diskimg, qemu_img, rounds):
     w, d, q = work, diskimg, qemu_img
-    res = {"diskimg": [], "qemu-img": [], "rss_d": [], "rss_q": [], "status": "ok"}
+    res = {"diskimg": [], "qemu-img": [], "rss_d": [], "rss_q": [], "status": "ok", "sizes": None}
     cwd = args_dir
     for rnd in range(rounds):
         # Alternate who goes first so caches favour neither.
@@ -197,7 +223,12 @@ def bench(work, diskimg, qemu_img, rounds):
             break
         if rnd == 0:
             # Check the answer once: diskimg must produce qemu-img's output.
-            if w.output and not same_file(os.path.join(cwd, "out.qemu-img"), os.path.join(cwd, "out.diskimg")):
+            oq, od = os.path.join(cwd, "out.qemu-img"), os.path.join(cwd, "out.diskimg")
+            if w.image:
+                if not same_image(oq, od):
+                    res["status"] = "diskimg image DIFFERS from qemu-img's (or fails qemu-img check)"
+                res["sizes"] = (os.path.getsize(od), os.path.getsize(oq))
+            elif w.output and not same_file(oq, od):
                 res["status"] = "diskimg output DIFFERS from qemu-img's"
             if w.stdout and not same_file(os.path.join(cwd, "stdout.qemu-img"), os.path.join(cwd, "stdout.diskimg")):
                 res["status"] = "diskimg stdout DIFFERS from qemu-img's"
@@ -232,7 +263,7 @@ def main():
         need(t)
     qemu_img = shutil.which("qemu-img")
     scale = 16 if args.quick else 1
-    only = set((args.only or "a,b,c").split(","))
+    only = set((args.only or "a,b,c,d,e,f").split(","))
 
     if args.diskimg:
         diskimg = os.path.abspath(args.diskimg)
@@ -269,8 +300,29 @@ def main():
         for ct in ("zlib", "zstd"):
             p = ready(f"compressed-1g-{ct}", lambda p, ct=ct: build_compressed(p, GIB // scale, ct, 2, raw))
             loads.append(Workload(f"b convert 1G {ct}", "", ["convert", "-m", "16", "-W", "-O", "raw", p, "{out}"], output=True))
-        if os.path.exists(raw):
-            os.remove(raw)
+    if "e" in only:
+        raw = os.path.join(work, f"text-1g.{tag}.raw")
+        if not os.path.exists(raw):
+            ready("compressed-1g-zlib", lambda p: build_compressed(p, GIB // scale, "zlib", 2, raw))
+        if not os.path.exists(raw):
+            build_compressed(os.path.join(work, "tmp.qcow2"), GIB // scale, "zlib", 2, raw)
+        for ct in ("zlib", "zstd"):
+            loads.append(Workload(f"e convert -c 1G text {ct}", "",
+                                  ["convert", "-c", "-m", "16", "-W", "-f", "raw", "-O", "qcow2",
+                                   "-o", f"compression_type={ct}", raw, "{out}"], output=True, image=True))
+    if "d" in only:
+        src = ready("scattered-4g", lambda p: build_scattered(p, 4 * GIB // scale, 1))
+        raw4 = os.path.join(work, f"scattered-4g.{tag}.raw")
+        if not os.path.exists(raw4):
+            run(["qemu-img", "convert", "-O", "raw", src, raw4])
+        loads.append(Workload("d convert 4G sparse raw -> qcow2", "",
+                              ["convert", "-m", "16", "-W", "-f", "raw", "-O", "qcow2", raw4, "{out}"],
+                              output=True, image=True))
+    if "f" in only:
+        top = ready("chain-2g", lambda p: build_chain(p, 2 * GIB // scale, 4))
+        loads.append(Workload("f flatten 3-deep 2G chain -> qcow2", "",
+                              ["convert", "-m", "16", "-W", "-O", "qcow2", top, "{out}"],
+                              output=True, image=True))
     if "c" in only:
         p = ready("map-64g", lambda p: build_many_clusters(p, 64 * GIB // scale, 250_000 // scale, 3))
         loads.append(Workload("c map 64G 250k clusters", "", ["map", "--output=json", p], stdout=True))
@@ -282,7 +334,11 @@ def main():
         md = statistics.median(r["diskimg"]) if r["diskimg"] else None
         mq = statistics.median(r["qemu-img"]) if r["qemu-img"] else None
         ratio = f"{md / mq:.2f}" if md and mq else "-"
-        rows.append((w.name, fmt_s(md), fmt_s(mq), ratio, fmt_rss(r["rss_d"]), fmt_rss(r["rss_q"]), r["status"]))
+        status = r["status"]
+        if r["sizes"]:
+            sd, sq = r["sizes"]
+            status += f" (output {sd / MIB:.1f} MiB vs {sq / MIB:.1f} MiB, {sd / sq:.3f}x)"
+        rows.append((w.name, fmt_s(md), fmt_s(mq), ratio, fmt_rss(r["rss_d"]), fmt_rss(r["rss_q"]), status))
         for f in ("stdout.diskimg", "stdout.qemu-img", ".rss"):
             p = os.path.join(work, f)
             if os.path.exists(p):
@@ -303,7 +359,7 @@ def main():
     if not args.keep:
         log(f"removing {work} (use --keep to keep the images)")
         shutil.rmtree(work, ignore_errors=True)
-    failed = [r for r in rows if r[-1] != "ok"]
+    failed = [r for r in rows if not r[-1].startswith("ok")]
     return 1 if failed else 0
 
 

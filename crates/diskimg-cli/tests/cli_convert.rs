@@ -124,18 +124,19 @@ fn convert_errors_equal_qemu_img() {
 fn unimplemented_targets_fail_clearly() {
     let s = Scratch::new();
     source(&s);
-    let o = s.diskimg(&["convert", "-O", "qcow2", "src.raw", "x.qcow2"]);
+    let o = s.diskimg(&["convert", "-O", "qed", "src.raw", "x.qed"]);
     assert_eq!(o.rc, 1);
     assert_eq!(o.stderr.lines().count(), 1);
     assert!(
-        o.stderr.contains("qcow2 output is not implemented yet"),
+        o.stderr.contains("qed output is not implemented yet"),
         "{}",
         o.stderr
     );
-    assert!(!s.path("x.qcow2").exists());
-    let o = s.diskimg(&["convert", "-B", "b", "src.raw", "x"]);
+    assert!(!s.path("x.qed").exists());
+    let o = s.diskimg(&["convert", "-l", "snap", "src.raw", "x"]);
     assert_eq!(o.rc, 1);
     assert!(o.stderr.contains("not implemented"), "{}", o.stderr);
+    assert!(!s.path("x").exists());
 }
 
 #[test]

@@ -58,6 +58,7 @@ impl Qcow2 {
         let l2off = self.l2_for_write(&mut m, l1_index)?;
         let table = self.l2_table(l2off)?;
         let (old, _) = self.entry_in(&table, l2_index);
+        drop(table);
         let host = self.alloc_compressed_bytes(&mut m, out.len() as u64)?;
         drop(m);
         self.write_data(w, &out, host)?;

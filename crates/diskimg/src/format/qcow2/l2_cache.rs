@@ -142,16 +142,26 @@ impl L2Cache {
         table
     }
 
+    /// Whether the table at `offset` is cached (without touching the LRU
+    /// order or holding a reference to it).
+    pub fn contains(&self, offset: u64) -> bool {
+        self.lock().map.contains_key(&offset)
+    }
+
     /// Applies `patch` to the table at `offset` (cached, else `base`, which
     /// the caller loaded and which must be current) and marks it dirty. The
-    /// table is changed in place unless a reader holds it.
-    pub fn patch(&self, offset: u64, base: Option<&L2Table>, patch: impl FnOnce(&mut [u64])) {
+    /// table is changed in place unless a reader holds it; pass `base` by
+    /// value and hold no other reference, or it is copied.
+    pub fn patch(&self, offset: u64, base: Option<L2Table>, patch: impl FnOnce(&mut [u64])) {
         let mut g = self.lock();
         let inner = &mut *g;
         let mut table = match inner.map.get_mut(&offset) {
-            Some(e) => std::mem::replace(&mut e.table, Arc::from(Vec::new())),
+            Some(e) => {
+                drop(base);
+                std::mem::replace(&mut e.table, Arc::from(Vec::new()))
+            }
             None => match base {
-                Some(b) => b.clone(),
+                Some(b) => b,
                 None => return,
             },
         };
@@ -291,6 +301,7 @@ mod tests {
         assert!(c.get(1).is_some() && c.get(2).is_some());
         assert_eq!(c.dirty_count(), 2);
         c.patch(1, None, |v| v[0] = 11);
+        assert!(c.contains(1));
         assert_eq!(c.get(1).unwrap()[0], 11);
         let d = c.take_dirty();
         assert_eq!(d.len(), 2);

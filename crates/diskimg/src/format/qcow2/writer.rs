@@ -339,11 +339,15 @@ impl Qcow2 {
         entry: u64,
         bitmap: u64,
     ) -> Result<()> {
-        let base = self.l2_table(l2off)?;
+        // Hold no reference to a cached table, so it is patched in place.
+        let base = if self.cache.contains(l2off) {
+            None
+        } else {
+            Some(self.l2_table(l2off)?)
+        };
         let ext = self.header.extended_l2();
-        self.cache.patch(l2off, Some(&base), |t| {
-            put_entry(t, l2_index, ext, entry, bitmap)
-        });
+        self.cache
+            .patch(l2off, base, |t| put_entry(t, l2_index, ext, entry, bitmap));
         Ok(())
     }
 
@@ -569,6 +573,8 @@ impl Qcow2 {
         let l2off = self.l2_for_write(&mut m, l1_index)?;
         let table = self.l2_table(l2off)?;
         let (entry, bitmap) = self.entry_in(&table, l2_index);
+        // No reference may outlive the read, or the update would copy the table.
+        drop(table);
         let ct = l2_entry::cluster_type(entry, ext, self.has_data_file);
         let old_host = entry & OFFSET_MASK;
         let fail = |what: &str| {
@@ -986,8 +992,7 @@ impl Qcow2 {
         self.mark_dirty(&mut m)?;
         let mask = mask_range((a - gcluster) / scs, (b - gcluster - 1) / scs);
         let new_bitmap = (bitmap & !mask) | (mask << 32);
-        let base = table;
-        self.cache.patch(l2off, Some(&base), |t| {
+        self.cache.patch(l2off, Some(table), |t| {
             if let Some(bm) = t.get_mut(l2_index * 2 + 1) {
                 *bm = new_bitmap;
             }
@@ -1093,7 +1098,7 @@ impl Qcow2 {
             }
             if !changes.is_empty() {
                 self.mark_dirty(&mut m)?;
-                self.cache.patch(l2off, Some(&table), |t| {
+                self.cache.patch(l2off, Some(table), |t| {
                     for &(i, e, bm) in &changes {
                         put_entry(t, i, ext, e, bm);
                     }
