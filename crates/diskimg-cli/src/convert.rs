@@ -386,6 +386,10 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
         let opts = diskimg::OpenOptions {
             format: Some(out_format),
             writable: true,
+            // qemu-img writes convert targets with cache=unsafe unless -t
+            // names another mode: metadata is written back, nothing waits
+            // for the disk.
+            ignore_flush: matches!(args::get_str(&m, "target-cache"), None | Some("unsafe")),
             ..diskimg::OpenOptions::default()
         };
         match diskimg::open(dst_path, &opts) {

@@ -57,6 +57,11 @@ pub struct OpenOptions {
     pub for_check: bool,
     /// Where warnings go; dropped when `None`.
     pub warnings: Option<WarningSink>,
+    /// QEMU's `cache=unsafe`: `flush` writes metadata back (in the same
+    /// order) but does not wait for the disk. A process crash still leaves
+    /// a consistent image; a power loss may not. qemu-img convert writes its
+    /// target this way unless `-t` says otherwise.
+    pub ignore_flush: bool,
 }
 
 /// The largest default L2 cache, per layer.
@@ -72,6 +77,7 @@ impl Default for OpenOptions {
             l2_cache_size: None,
             for_check: false,
             warnings: None,
+            ignore_flush: false,
         }
     }
 }
@@ -94,6 +100,7 @@ impl std::fmt::Debug for OpenOptions {
             .field("open_data_file", &self.open_data_file)
             .field("l2_cache_size", &self.l2_cache_size)
             .field("for_check", &self.for_check)
+            .field("ignore_flush", &self.ignore_flush)
             .finish()
     }
 }

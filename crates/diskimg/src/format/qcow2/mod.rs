@@ -79,6 +79,8 @@ pub struct Qcow2 {
     writer: Option<writer::WriteState>,
     /// Why writes are refused on an image opened for writing, if they are.
     write_refusal: Option<String>,
+    /// cache=unsafe: syncs are skipped (see `OpenOptions::ignore_flush`).
+    ignore_flush: bool,
     id: u64,
 }
 
@@ -328,6 +330,7 @@ impl Qcow2 {
             io_refusal,
             writer,
             write_refusal,
+            ignore_flush: opts.ignore_flush,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         };
         if q.writer.is_some()

@@ -114,7 +114,7 @@ impl Qcow2 {
         if report.corruptions == 0 && report.check_errors == 0 && m.incompat & INCOMPAT_DIRTY != 0 {
             let v = m.incompat & !INCOMPAT_DIRTY;
             self.storage.write_at(&v.to_be_bytes(), 72)?;
-            self.storage.flush()?;
+            self.sync()?;
             m.incompat = v;
         }
         Ok(())
@@ -207,12 +207,12 @@ impl Qcow2 {
             bytes.extend_from_slice(&e.to_be_bytes());
         }
         st.write_at(&bytes, start << cb)?;
-        st.flush()?;
+        self.sync()?;
         let mut f = [0u8; 12];
         f[..8].copy_from_slice(&(start << cb).to_be_bytes());
         f[8..].copy_from_slice(&(k as u32).to_be_bytes());
         st.write_at(&f, 48)?;
-        st.flush()?;
+        self.sync()?;
         let mut header = self.header_with(m);
         header.refcount_table_offset = start << cb;
         header.refcount_table_clusters = k as u32;

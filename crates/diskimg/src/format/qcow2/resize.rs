@@ -111,7 +111,7 @@ impl Qcow2 {
 
     fn write_size(&self, size: u64) -> Result<()> {
         self.storage.write_at(&size.to_be_bytes(), 24)?;
-        self.storage.flush()?;
+        self.sync()?;
         self.size.store(size, std::sync::atomic::Ordering::Release);
         Ok(())
     }
@@ -145,12 +145,12 @@ impl Qcow2 {
         }
         bytes.resize((clusters * cs) as usize, 0);
         self.storage.write_at(&bytes, new_off)?;
-        self.storage.flush()?;
+        self.sync()?;
         let mut f = [0u8; 12];
         f[..4].copy_from_slice(&(entries as u32).to_be_bytes());
         f[4..].copy_from_slice(&new_off.to_be_bytes());
         self.storage.write_at(&f, 36)?;
-        self.storage.flush()?;
+        self.sync()?;
         let old_off = m.l1_offset;
         let old_clusters =
             (self.l1.read().unwrap_or_else(|e| e.into_inner()).len() as u64 * 8).div_ceil(cs);

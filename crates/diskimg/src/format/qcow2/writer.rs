@@ -168,7 +168,7 @@ impl Qcow2 {
         if m.lazy && m.incompat & INCOMPAT_DIRTY == 0 {
             let v = m.incompat | INCOMPAT_DIRTY;
             self.write_header_field(72, &v.to_be_bytes())?;
-            self.storage.flush()?;
+            self.sync()?;
             m.incompat = v;
         }
         Ok(())
@@ -181,7 +181,7 @@ impl Qcow2 {
         if self.header.version >= 3 {
             let v = m.incompat | INCOMPAT_CORRUPT;
             if self.write_header_field(72, &v.to_be_bytes()).is_ok() {
-                let _ = self.storage.flush();
+                let _ = self.sync();
                 m.incompat = v;
             }
         }
@@ -768,7 +768,11 @@ impl Qcow2 {
         Ok(())
     }
 
-    fn sync(&self) -> Result<()> {
+    /// Makes what was written durable (skipped with cache=unsafe).
+    pub(super) fn sync(&self) -> Result<()> {
+        if self.ignore_flush {
+            return Ok(());
+        }
         self.storage.flush()?;
         if self.has_data_file {
             self.data.flush()?;
@@ -863,7 +867,7 @@ impl Qcow2 {
         if m.incompat & INCOMPAT_DIRTY != 0 {
             let v = m.incompat & !INCOMPAT_DIRTY;
             self.write_header_field(72, &v.to_be_bytes())?;
-            self.storage.flush()?;
+            self.sync()?;
             m.incompat = v;
         }
         Ok(())
