@@ -176,7 +176,7 @@ const FILE_OPTS: &[OptDesc] = &[
 const RAW_OPTS: &[OptDesc] = &[("size", Kind::Size, "Virtual disk size")];
 
 /// QEMU's block driver names (QAPI BlockdevDriver), accepted as backing_fmt.
-const QEMU_DRIVERS: &[&str] = &[
+pub(crate) const QEMU_DRIVERS: &[&str] = &[
     "blkdebug",
     "blklogwrites",
     "blkreplay",
@@ -266,7 +266,7 @@ fn print_options_help(fmt: &str, with_file: bool) {
 
 /// Splits a QemuOpts string: `a=1,b=x,,y,c` (`,,` is a comma in a value;
 /// a bare name means `name=on`).
-fn split_opts(s: &str) -> Vec<(String, String, bool)> {
+pub(crate) fn split_opts(s: &str) -> Vec<(String, String, bool)> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut chars = s.chars().peekable();
@@ -318,10 +318,78 @@ fn parse_num(v: &str) -> Option<u64> {
 
 /// A parsed `-o` value: the text printed in the Formatting line and, for
 /// typed options, the value.
-struct OptVal {
-    shown: String,
-    num: u64,
-    flag: bool,
+pub(crate) struct OptVal {
+    /// The value as QemuOpts prints it.
+    pub(crate) shown: String,
+    /// The value of a number or size option.
+    pub(crate) num: u64,
+    /// The value of a bool option.
+    pub(crate) flag: bool,
+}
+
+/// Types the `-o` options against the format's and the file protocol's
+/// option lists (QemuOpts parsing): unknown names and values of the wrong
+/// type are refused with QEMU's message. The last of a repeated option wins.
+pub(crate) fn typed_options(
+    format: Format,
+    opts: &[(String, String, bool)],
+) -> Result<Vec<(&'static str, OptVal)>, String> {
+    let mut descs: Vec<OptDesc> = if format == Format::Qcow2 {
+        QCOW2_OPTS.to_vec()
+    } else {
+        RAW_OPTS.to_vec()
+    };
+    for d in FILE_OPTS {
+        if !descs.iter().any(|o| o.0 == d.0) {
+            descs.push(*d);
+        }
+    }
+    let mut vals: Vec<(&'static str, OptVal)> = Vec::new();
+    for (k, v, _) in opts {
+        let Some(&(name, kind, _)) = descs.iter().find(|d| d.0 == k) else {
+            return Err(format!("Invalid parameter '{k}'"));
+        };
+        let val = match kind {
+            Kind::Str => OptVal {
+                shown: v.clone(),
+                num: 0,
+                flag: false,
+            },
+            Kind::Bool => match parse_bool(v) {
+                Some(b) => OptVal {
+                    shown: v.clone(),
+                    num: 0,
+                    flag: b,
+                },
+                None => return Err(format!("Parameter '{k}' expects 'on' or 'off'")),
+            },
+            Kind::Num => match parse_num(v) {
+                Some(n) => OptVal {
+                    shown: n.to_string(),
+                    num: n,
+                    flag: false,
+                },
+                None => return Err(format!("Parameter '{k}' expects a number")),
+            },
+            Kind::Size => match parse_size(v) {
+                Ok(n) => OptVal {
+                    shown: n.to_string(),
+                    num: n,
+                    flag: false,
+                },
+                Err(_) => {
+                    return Err(format!(
+                            "Parameter '{k}' expects a non-negative number below 2^64\n\
+                             Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n\
+                             and exabytes, respectively."
+                    ))
+                }
+            },
+        };
+        vals.retain(|(n, _)| *n != name);
+        vals.push((name, val));
+    }
+    Ok(vals)
 }
 
 /// Prints `FILE: msg` and returns 1.
@@ -430,65 +498,10 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
     }
 
     // Option names and types.
-    let mut descs: Vec<OptDesc> = if format == Format::Qcow2 {
-        QCOW2_OPTS.to_vec()
-    } else {
-        RAW_OPTS.to_vec()
+    let vals = match typed_options(format, &opts) {
+        Ok(v) => v,
+        Err(msg) => return fail(ctx, &file, msg),
     };
-    for d in FILE_OPTS {
-        if !descs.iter().any(|o| o.0 == d.0) {
-            descs.push(*d);
-        }
-    }
-    let mut vals: Vec<(&'static str, OptVal)> = Vec::new();
-    for (k, v, _) in &opts {
-        let Some(&(name, kind, _)) = descs.iter().find(|d| d.0 == k) else {
-            return fail(ctx, &file, format!("Invalid parameter '{k}'"));
-        };
-        let val = match kind {
-            Kind::Str => OptVal {
-                shown: v.clone(),
-                num: 0,
-                flag: false,
-            },
-            Kind::Bool => match parse_bool(v) {
-                Some(b) => OptVal {
-                    shown: v.clone(),
-                    num: 0,
-                    flag: b,
-                },
-                None => return fail(ctx, &file, format!("Parameter '{k}' expects 'on' or 'off'")),
-            },
-            Kind::Num => match parse_num(v) {
-                Some(n) => OptVal {
-                    shown: n.to_string(),
-                    num: n,
-                    flag: false,
-                },
-                None => return fail(ctx, &file, format!("Parameter '{k}' expects a number")),
-            },
-            Kind::Size => match parse_size(v) {
-                Ok(n) => OptVal {
-                    shown: n.to_string(),
-                    num: n,
-                    flag: false,
-                },
-                Err(_) => {
-                    return fail(
-                        ctx,
-                        &file,
-                        format!(
-                            "Parameter '{k}' expects a non-negative number below 2^64\n\
-                             Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n\
-                             and exabytes, respectively."
-                        ),
-                    )
-                }
-            },
-        };
-        vals.retain(|(n, _)| *n != name);
-        vals.push((name, val));
-    }
     let get = |name: &str| vals.iter().find(|(n, _)| *n == name).map(|(_, v)| v);
 
     // What diskimg does not implement is refused before anything happens.
@@ -659,7 +672,7 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
 }
 
 /// The preallocation mode of the `preallocation` option (off when unset).
-fn prealloc_of(v: Option<&OptVal>) -> Result<Preallocation, String> {
+pub(crate) fn prealloc_of(v: Option<&OptVal>) -> Result<Preallocation, String> {
     match v {
         None => Ok(Preallocation::Off),
         Some(p) => Preallocation::parse(&p.shown).ok_or_else(|| {

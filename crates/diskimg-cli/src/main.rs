@@ -12,6 +12,7 @@ mod create;
 mod ctx;
 mod info;
 mod map;
+mod measure;
 mod open;
 mod progress;
 mod qjson;
@@ -25,7 +26,7 @@ const VERSION_QEMU: &str = "10.0.2";
 
 /// qemu-img's commands that diskimg does not implement yet.
 const LATER: &[&str] = &[
-    "amend", "bench", "bitmap", "commit", "dd", "measure", "rebase", "resize", "snapshot",
+    "amend", "bench", "bitmap", "commit", "dd", "rebase", "resize", "snapshot",
 ];
 
 /// Prints the version. Under the qemu-img name the first line carries the
@@ -62,6 +63,7 @@ Recognized commands (run {p} COMMAND --help for command-specific help):
   create - Create a new disk image (qcow2, raw)
   info - Display information about image
   map - Dump image metadata
+  measure - Calculate file size required for a new image
 {extra}
 Not implemented yet: {later}.
 
@@ -172,6 +174,7 @@ fn run(ctx: &Ctx, argv: &[OsString], diskimg_words: bool) -> i32 {
         "compare" => compare::run(ctx, rest),
         "check" => check::run(ctx, rest),
         "create" => create::run(ctx, rest),
+        "measure" => measure::run(ctx, rest),
         "io" if diskimg_words => not_implemented(ctx.prog, "diskimg io", "the qemu-io drop-in"),
         "serve" if diskimg_words => {
             not_implemented(ctx.prog, "diskimg serve", "the qemu-nbd drop-in")
