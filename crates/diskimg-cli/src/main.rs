@@ -10,6 +10,7 @@ mod compare;
 mod convert;
 mod create;
 mod ctx;
+mod dd;
 mod info;
 mod map;
 mod measure;
@@ -26,7 +27,7 @@ const VERSION_QEMU: &str = "10.0.2";
 
 /// qemu-img's commands that diskimg does not implement yet.
 const LATER: &[&str] = &[
-    "amend", "bench", "bitmap", "commit", "dd", "rebase", "resize", "snapshot",
+    "amend", "bench", "bitmap", "commit", "rebase", "resize", "snapshot",
 ];
 
 /// Prints the version. Under the qemu-img name the first line carries the
@@ -61,6 +62,7 @@ Recognized commands (run {p} COMMAND --help for command-specific help):
   compare - Check if two images have the same contents
   convert - Copy one image to another (raw targets)
   create - Create a new disk image (qcow2, raw)
+  dd - Copy input to output with optional format conversion
   info - Display information about image
   map - Dump image metadata
   measure - Calculate file size required for a new image
@@ -175,6 +177,7 @@ fn run(ctx: &Ctx, argv: &[OsString], diskimg_words: bool) -> i32 {
         "check" => check::run(ctx, rest),
         "create" => create::run(ctx, rest),
         "measure" => measure::run(ctx, rest),
+        "dd" => dd::run(ctx, rest),
         "io" if diskimg_words => not_implemented(ctx.prog, "diskimg io", "the qemu-io drop-in"),
         "serve" if diskimg_words => {
             not_implemented(ctx.prog, "diskimg serve", "the qemu-nbd drop-in")

@@ -23,6 +23,10 @@ pub fn open_image(
     how: OpenHow,
 ) -> Result<Arc<dyn BlockDevice>, String> {
     let shown = path.to_string_lossy();
+    if shown.is_empty() {
+        // QEMU's file driver refuses an empty name before any system call.
+        return Err("Could not open '': The 'file' block driver requires a file name".to_string());
+    }
     let format = match fmt {
         Some(f) => Some(
             f.parse::<Format>()
