@@ -29,7 +29,7 @@ use crate::args::{self, Parsed};
 use crate::create::QEMU_DRIVERS;
 use crate::ctx::Ctx;
 use crate::open::{open_image, OpenHow};
-use crate::size::{parse_size, SizeError};
+use crate::size::{parse_number, parse_size, SizeError};
 
 const HELP: &str = "Usage:
 Copy input to output with optional format conversion.  Usage:
@@ -73,38 +73,6 @@ struct Operands {
     output: Option<String>,
 }
 
-/// A number as QEMU's `qemu_strtou64` (base 0) reads it, for `count` and
-/// `skip`: `Err(true)` for a value out of range (negative or above
-/// `i64::MAX`), `Err(false)` for something that is not a number.
-fn parse_count(v: &str) -> Result<u64, bool> {
-    let t = v.trim_start_matches(|c: char| c.is_ascii_whitespace());
-    let (neg, t) = match t.strip_prefix('-') {
-        Some(r) => (true, r),
-        None => (false, t.strip_prefix('+').unwrap_or(t)),
-    };
-    let parsed = if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-        if h.is_empty() || !h.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(false);
-        }
-        u64::from_str_radix(h, 16).map_err(|_| true)
-    } else if t.len() > 1 && t.starts_with('0') {
-        if !t.chars().all(|c| ('0'..='7').contains(&c)) {
-            return Err(false);
-        }
-        u64::from_str_radix(&t[1..], 8).map_err(|_| true)
-    } else {
-        if t.is_empty() || !t.chars().all(|c| c.is_ascii_digit()) {
-            return Err(false);
-        }
-        t.parse::<u64>().map_err(|_| true)
-    };
-    let n = parsed?;
-    if (neg && n != 0) || n > i64::MAX as u64 {
-        return Err(true);
-    }
-    Ok(n)
-}
-
 /// Parses the operands in order, as qemu-img does; the error is the
 /// message to print.
 fn parse_operands(ops: &[String]) -> Result<Operands, String> {
@@ -129,10 +97,12 @@ fn parse_operands(ops: &[String]) -> Result<Operands, String> {
                 Err(SizeError::Invalid) => return Err(format!("Invalid bs specified: '{value}'.")),
             },
             "count" | "skip" => {
-                let n = match parse_count(value) {
+                let n = match parse_number(value) {
                     Ok(n) => n,
-                    Err(true) => return Err(range(name, 0, i64::MAX as u64)),
-                    Err(false) => return Err(format!("Invalid {name} specified: '{value}'.")),
+                    Err(SizeError::Range) => return Err(range(name, 0, i64::MAX as u64)),
+                    Err(SizeError::Invalid) => {
+                        return Err(format!("Invalid {name} specified: '{value}'."))
+                    }
                 };
                 if name == "count" {
                     o.count = Some(n);

@@ -5,6 +5,7 @@
 //! as `qemu-io` / `qemu-nbd` it stands for `diskimg io` / `diskimg serve`.
 
 mod args;
+mod bench;
 mod check;
 mod compare;
 mod convert;
@@ -26,9 +27,7 @@ use ctx::{Ctx, Persona};
 const VERSION_QEMU: &str = "10.0.2";
 
 /// qemu-img's commands that diskimg does not implement yet.
-const LATER: &[&str] = &[
-    "amend", "bench", "bitmap", "commit", "rebase", "resize", "snapshot",
-];
+const LATER: &[&str] = &["amend", "bitmap", "commit", "rebase", "resize", "snapshot"];
 
 /// Prints the version. Under the qemu-img name the first line carries the
 /// qemu-img version whose behaviour diskimg follows, since scripts parse
@@ -58,6 +57,7 @@ Standard options:
 
 Recognized commands (run {p} COMMAND --help for command-specific help):
 
+  bench - Run a simple image benchmark
   check - Check basic image integrity (read-only: -r is not implemented yet)
   compare - Check if two images have the same contents
   convert - Copy one image to another (raw targets)
@@ -178,6 +178,7 @@ fn run(ctx: &Ctx, argv: &[OsString], diskimg_words: bool) -> i32 {
         "create" => create::run(ctx, rest),
         "measure" => measure::run(ctx, rest),
         "dd" => dd::run(ctx, rest),
+        "bench" => bench::run(ctx, rest),
         "io" if diskimg_words => not_implemented(ctx.prog, "diskimg io", "the qemu-io drop-in"),
         "serve" if diskimg_words => {
             not_implemented(ctx.prog, "diskimg serve", "the qemu-nbd drop-in")

@@ -22,6 +22,17 @@ pub fn open_image(
     fmt: Option<&str>,
     how: OpenHow,
 ) -> Result<Arc<dyn BlockDevice>, String> {
+    open_image_rw(path, fmt, how, false)
+}
+
+/// Opens `path` as [`open_image`] does, for writing when `writable` (the
+/// backing chain stays read-only).
+pub fn open_image_rw(
+    path: &OsStr,
+    fmt: Option<&str>,
+    how: OpenHow,
+    writable: bool,
+) -> Result<Arc<dyn BlockDevice>, String> {
     let shown = path.to_string_lossy();
     if shown.is_empty() {
         // QEMU's file driver refuses an empty name before any system call.
@@ -37,7 +48,7 @@ pub fn open_image(
     let warn: diskimg::WarningSink = Arc::new(crate::ctx::print_warning);
     let opts = OpenOptions {
         format,
-        writable: false,
+        writable,
         open_backing: how.backing,
         open_data_file: how.data_file,
         warnings: Some(warn),
