@@ -1,9 +1,10 @@
 //! `bench`: qemu-img bench's workload and report.
 //!
 //! COUNT requests of BUFFER_SIZE bytes, the first at OFFSET and each next
-//! one STEP further, wrapping as qemu-img wraps (request i > 0 is at
-//! `(OFFSET + i * STEP) % (size - BUFFER_SIZE)`, or 0 when the image is not
-//! larger than a buffer); DEPTH requests are really in flight at once: as
+//! one STEP further, wrapping as qemu-img 10.0.2 wraps: request i > 0 is at
+//! `(OFFSET + i * STEP) % size`, so a request may cross the end of the
+//! image and fail with an I/O error, as in qemu-img (later QEMU versions
+//! wrap at `size - BUFFER_SIZE`; 10.0.2 is the reference). DEPTH requests are really in flight at once: as
 //! many threads share the device (`BlockDevice` is `Send + Sync` with
 //! `&self` methods) and take request numbers from one counter.
 //!
@@ -121,10 +122,11 @@ impl Workload {
         if i == 0 {
             return self.offset;
         }
-        if self.size <= self.bufsize {
+        if self.size == 0 {
+            // qemu-img divides by zero here; the request fails anyway.
             return 0;
         }
-        let m = u128::from(self.size - self.bufsize);
+        let m = u128::from(self.size);
         ((u128::from(self.offset) + u128::from(i) * u128::from(self.step)) % m) as u64
     }
 
@@ -589,16 +591,18 @@ mod tests {
     fn offsets_wrap_as_qemu_img_wraps() {
         let w = wl(10 * 4096, 0, 4096, 4096);
         let offs: Vec<u64> = (0..11).map(|i| w.offset_of(i)).collect();
-        // Wraps modulo size - bufsize: 9 * 4096.
-        assert_eq!(offs[8], 8 * 4096);
-        assert_eq!(offs[9], 0);
-        assert_eq!(offs[10], 4096);
+        // Wraps modulo the size (qemu-img 10.0.2).
+        assert_eq!(offs[9], 9 * 4096);
+        assert_eq!(offs[10], 0);
         // The first request is at the offset as given.
         let w = wl(10 * 4096, 100 * 4096, 4096, 4096);
         assert_eq!(w.offset_of(0), 100 * 4096);
-        assert_eq!(w.offset_of(1), (101 * 4096) % (9 * 4096));
-        // An image no larger than a buffer: everything at 0 after the first.
-        let w = wl(4096, 512, 4096, 4096);
+        assert_eq!(w.offset_of(1), (101 * 4096) % (10 * 4096));
+        // A request may cross the end: qemu-img's I/O error.
+        let w = wl(8 << 20, 0, 1000, 5002);
+        assert_eq!(w.offset_of(1677), 8388354);
+        // An empty image.
+        let w = wl(0, 512, 4096, 4096);
         assert_eq!((w.offset_of(0), w.offset_of(1)), (512, 0));
         // No overflow at the extremes.
         let w = wl(u64::MAX, i64::MAX as u64, 1, i32::MAX as u64);
