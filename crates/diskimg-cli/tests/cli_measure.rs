@@ -148,6 +148,57 @@ fn sources(s: &Scratch) -> Vec<&'static str> {
         "write -P 9 6M 1k",
         "small.qcow2",
     ]);
+    // An external data file (plain and data_file_raw), extended L2 with
+    // subcluster writes, an image with an internal snapshot written after it.
+    q(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "data_file=df.raw",
+        "df.qcow2",
+        "20M",
+    ]);
+    io(&["-c", "write -P 1 1M 3M", "df.qcow2"]);
+    q(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "data_file=dfr.raw,data_file_raw=on",
+        "dfr.qcow2",
+        "20M",
+    ]);
+    io(&["-c", "write -P 1 1M 3M", "dfr.qcow2"]);
+    q(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "extended_l2=on",
+        "x2.qcow2",
+        "20M",
+    ]);
+    io(&[
+        "-c",
+        "write -P 1 1000 5000",
+        "-c",
+        "write -z 1M 64k",
+        "x2.qcow2",
+    ]);
+    q(&["create", "-q", "-f", "qcow2", "snap.qcow2", "40M"]);
+    io(&["-c", "write -P 2 0 2M", "snap.qcow2"]);
+    q(&["snapshot", "-c", "s1", "snap.qcow2"]);
+    io(&[
+        "-c",
+        "write -P 9 30M 1M",
+        "-c",
+        "write -z 0 1M",
+        "snap.qcow2",
+    ]);
     // Raw files: sparse with data extents, and a size that is not a whole
     // number of sectors.
     let data = cli_common::pattern(300 * 1024, 3);
@@ -166,6 +217,10 @@ fn sources(s: &Scratch) -> Vec<&'static str> {
         "pm.qcow2",
         "comp.qcow2",
         "small.qcow2",
+        "df.qcow2",
+        "dfr.qcow2",
+        "x2.qcow2",
+        "snap.qcow2",
         "sp.raw",
         "odd.raw",
     ]
