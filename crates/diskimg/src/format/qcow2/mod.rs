@@ -13,6 +13,7 @@
 //! alignment before use, and an impossible entry is an error naming the
 //! file, the table offset and the index, never a panic.
 
+mod allocator;
 pub mod bitmaps;
 pub mod check;
 pub mod compressed;
@@ -21,14 +22,17 @@ pub mod extensions;
 pub mod header;
 pub mod l2_cache;
 pub mod l2_entry;
+mod range_lock;
 pub mod refcount;
+mod resize;
 pub mod snapshot;
 #[cfg(test)]
 mod tests;
+mod writer;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use self::bitmaps::Bitmap;
 use self::extensions::Extensions;
@@ -56,7 +60,10 @@ pub struct Qcow2 {
     header: Header,
     ext: Extensions,
     backing_name: Option<String>,
-    l1: Vec<u64>,
+    /// The active L1 table (changed by the writer under its metadata lock).
+    l1: RwLock<Vec<u64>>,
+    /// Guest size in bytes, before rounding down to sectors.
+    size: AtomicU64,
     cache: L2Cache,
     snapshots: Vec<Snapshot>,
     bitmaps: Option<Vec<Bitmap>>,
@@ -65,6 +72,10 @@ pub struct Qcow2 {
     /// Why guest I/O is refused on an image opened for metadata only
     /// (encrypted, or data-file-raw without a data file), if it is.
     io_refusal: Option<String>,
+    /// The write path, when the image was opened for writing.
+    writer: Option<writer::WriteState>,
+    /// Why writes are refused on an image opened for writing, if they are.
+    write_refusal: Option<String>,
     id: u64,
 }
 
@@ -279,20 +290,36 @@ impl Qcow2 {
             header.l2_entry_size(),
             DEFAULT_L2_CACHE_MAX,
         );
+        let mut write_refusal = None;
+        let writer = if opts.writable && !opts.for_check {
+            if has_data_file {
+                write_refusal = Some(format!(
+                    "writing qcow2 images with an external data file is not implemented yet ('{name}')"
+                ));
+                None
+            } else {
+                Some(Self::open_writer(storage.as_ref(), &header, &l1).map_err(&wrap)?)
+            }
+        } else {
+            None
+        };
         Ok(Qcow2 {
             storage,
             data,
             has_data_file,
+            size: AtomicU64::new(header.size),
             header,
             ext,
             backing_name,
-            l1,
+            l1: RwLock::new(l1),
             cache: L2Cache::new(capacity),
             snapshots,
             bitmaps,
             backing: None,
             metadata_prealloc: OnceLock::new(),
             io_refusal,
+            writer,
+            write_refusal,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         })
     }
@@ -329,7 +356,40 @@ impl Qcow2 {
     /// The guest-visible size: QEMU counts whole 512-byte sectors, so a
     /// size field that is not a multiple of 512 is rounded down.
     fn disk_size(&self) -> u64 {
-        self.header.size & !511
+        self.size.load(Ordering::Acquire) & !511
+    }
+
+    /// Prepares the write path of an image opened for writing: loads the
+    /// refcount table and clears the autoclear bits diskimg does not
+    /// maintain (persistent bitmaps), as the spec asks of such a writer.
+    fn open_writer(
+        storage: &dyn Storage,
+        header: &Header,
+        l1: &[u64],
+    ) -> Result<writer::WriteState> {
+        let alloc = allocator::Allocator::load(storage, header)?;
+        if header.version >= 3 && header.autoclear_features & !header::AUTOCLEAR_DATA_FILE_RAW != 0
+        {
+            let keep = header.autoclear_features & header::AUTOCLEAR_DATA_FILE_RAW;
+            storage.write_at(&keep.to_be_bytes(), 88)?;
+            storage.flush()?;
+        }
+        let protected = writer::protected_ranges(
+            header,
+            header.l1_table_offset,
+            l1.len() as u64,
+            alloc.table_location(),
+        );
+        let meta = writer::Meta {
+            alloc,
+            l1_dirty: None,
+            incompat: header.incompatible_features,
+            lazy: header.version >= 3
+                && header.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0,
+            corrupt: false,
+            l1_offset: header.l1_table_offset,
+        };
+        Ok(writer::WriteState::new(meta, protected))
     }
 
     /// The L2 table at `offset`, through the cache. The lock is not held
@@ -338,6 +398,7 @@ impl Qcow2 {
         if let Some(t) = self.cache.get(offset) {
             return Ok(t);
         }
+        let epoch = self.cache.epoch();
         let mut buf = vec![0u8; self.header.cluster_size() as usize];
         self.storage.read_at(&mut buf, offset)?;
         let t: L2Table = buf
@@ -345,8 +406,7 @@ impl Qcow2 {
             .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
             .collect::<Vec<u64>>()
             .into();
-        self.cache.insert(offset, t.clone());
-        Ok(t)
+        Ok(self.cache.insert_loaded(offset, t, epoch))
     }
 
     /// Whether QEMU would find metadata preallocation: more clusters with a
@@ -412,11 +472,7 @@ impl Qcow2 {
 
         while pos < end {
             let l1_index = pos >> l1_span_bits;
-            let l1_entry = usize::try_from(l1_index)
-                .ok()
-                .and_then(|i| self.l1.get(i))
-                .copied()
-                .unwrap_or(0);
+            let l1_entry = self.l1_entry(l1_index);
             let l2_offset = l1_entry & OFFSET_MASK;
             if l2_offset == 0 {
                 let m = Mapping::Unallocated { offset: None };
@@ -547,13 +603,6 @@ impl Qcow2 {
             ))),
         }
     }
-
-    fn write_unsupported(&self) -> Error {
-        Error::unsupported(format!(
-            "writing qcow2 images is not implemented yet ('{}')",
-            self.name()
-        ))
-    }
 }
 
 impl Mapper for Qcow2 {
@@ -632,20 +681,27 @@ impl BlockDevice for Qcow2 {
         mapped::read(self, self.backing.as_ref(), buf, offset)
     }
 
-    fn write_at(&self, _buf: &[u8], _offset: u64) -> Result<()> {
-        Err(self.write_unsupported())
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.check_range(offset, buf.len() as u64)?;
+        self.write(buf, offset)
     }
 
-    fn write_zeroes(&self, _offset: u64, _len: u64, _unmap: bool) -> Result<()> {
-        Err(self.write_unsupported())
+    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<()> {
+        self.check_range(offset, len)?;
+        self.zero_range(offset, len, unmap)
     }
 
-    fn discard(&self, _offset: u64, _len: u64) -> Result<()> {
-        Err(self.write_unsupported())
+    fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.check_range(offset, len)?;
+        self.discard_range(offset, len)
     }
 
     fn flush(&self) -> Result<()> {
-        Ok(())
+        self.flush_all()
+    }
+
+    fn truncate(&self, size: u64, prealloc: crate::format::create::Preallocation) -> Result<()> {
+        self.resize(size, prealloc)
     }
 
     fn block_status(&self, offset: u64, max_len: u64) -> Result<BlockStatus> {
@@ -751,6 +807,14 @@ impl BlockDevice for Qcow2 {
             has_data_file: self.has_data_file,
         };
         check::check(&subject, diagnostic)
+    }
+}
+
+impl Drop for Qcow2 {
+    fn drop(&mut self) {
+        // The clean close. Errors cannot be reported from here; callers who
+        // need to know call `flush` first.
+        let _ = self.close_writer();
     }
 }
 

@@ -397,20 +397,14 @@ fn open_checks_feature_bits() {
 }
 
 #[test]
-fn writes_are_unsupported_and_flush_is_ok() {
+fn writes_to_a_read_only_open_are_refused_and_flush_is_ok() {
     let q = Builder::new(16, 3, false, 1 << 20).open();
-    assert_eq!(
-        q.write_at(&[1], 0).unwrap_err().kind(),
-        ErrorKind::Unsupported
-    );
+    assert_eq!(q.write_at(&[1], 0).unwrap_err().kind(), ErrorKind::ReadOnly);
     assert_eq!(
         q.write_zeroes(0, 512, false).unwrap_err().kind(),
-        ErrorKind::Unsupported
+        ErrorKind::ReadOnly
     );
-    assert_eq!(
-        q.discard(0, 512).unwrap_err().kind(),
-        ErrorKind::Unsupported
-    );
+    assert_eq!(q.discard(0, 512).unwrap_err().kind(), ErrorKind::ReadOnly);
     q.flush().unwrap();
     let mut buf = [0u8; 2];
     assert!(q.read_at(&mut buf, (1 << 20) - 1).is_err());
