@@ -279,3 +279,13 @@ fn errors_match_qemu_img() {
         assert_eq!(d.rc, 1, "{args:?}");
     }
 }
+
+#[test]
+fn help_matches_qemu_img() {
+    let s = Scratch::new();
+    for h in ["--help", "-h"] {
+        let (q, d) = both(&s, &s, &[h]);
+        assert_eq!(d, q);
+        assert_eq!(d.rc, 0);
+    }
+}

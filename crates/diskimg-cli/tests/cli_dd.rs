@@ -306,3 +306,11 @@ fn qcow2_output_is_clean_and_equal() {
         assert_eq!(vs(&p.d), vs(&p.q), "{a:?}: virtual sizes differ");
     }
 }
+
+#[test]
+fn help_matches_qemu_img() {
+    let s = Scratch::new();
+    for h in ["--help", "-h"] {
+        assert_eq!(s.same(&["dd", h]).rc, 0);
+    }
+}

@@ -567,6 +567,13 @@ fn errors_match_qemu_img() {
 }
 
 #[test]
+fn help_matches_qemu_img() {
+    let s = Scratch::new();
+    assert_eq!(s.same(&["measure", "--help"]).rc, 0);
+    assert_eq!(s.same(&["measure", "-h"]).rc, 0);
+}
+
+#[test]
 fn output_format_errors_name_the_program() {
     // The hint line names argv[0]; under the qemu-img name it is identical.
     let s = Scratch::new();
