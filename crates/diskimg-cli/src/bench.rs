@@ -38,7 +38,7 @@ use diskimg::BlockDevice;
 
 use crate::args::{self, Parsed};
 use crate::ctx::Ctx;
-use crate::open::{open_image_rw, OpenHow};
+use crate::open::{open_image, open_image_writable, OpenHow};
 use crate::size::{parse_number, parse_size, SizeError};
 
 const HELP: &str = "Usage:
@@ -331,19 +331,22 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
         backing: true,
         data_file: true,
     };
-    let dev = match open_image_rw(file, fmt, how, write) {
+    // A probed raw image opened for writing gets qemu-img's warning from
+    // open_image_writable. (Its restriction on block 0 never applies here:
+    // a buffer of one repeated byte cannot look like another format's
+    // header.)
+    let opened = if write {
+        open_image_writable(file, fmt)
+    } else {
+        open_image(file, fmt, how)
+    };
+    let dev = match opened {
         Ok(d) => d,
         Err(msg) => {
             ctx.error(msg);
             return 1;
         }
     };
-    if write && fmt.is_none() && dev.info().format == "raw" {
-        // qemu-img's warning for a probed raw image opened for writing.
-        // (Its restriction on block 0 never applies here: a buffer of one
-        // repeated byte cannot look like another format's header.)
-        eprintln!("WARNING: Image format was not specified for '{shown}' and probing guessed raw.\n         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n         Specify the 'raw' format explicitly to remove the restrictions.");
-    }
 
     let w = Workload {
         count: p.count,

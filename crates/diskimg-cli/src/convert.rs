@@ -8,9 +8,11 @@ use diskimg::BlockDevice;
 
 use diskimg::io::{FileStorage, OpenMode, Storage};
 use diskimg::ops::concat::Concat;
-use diskimg::ops::convert::{convert, ConvertOptions, MAX_WORKERS};
+use diskimg::ops::convert::{convert, ConvertOptions, Target, MAX_WORKERS};
+use diskimg::Format;
 
 use crate::args::{self, Parsed};
+use crate::create;
 use crate::ctx::Ctx;
 use crate::open::{open_image, OpenHow};
 use crate::progress::Progress;
@@ -92,9 +94,6 @@ const CACHE_MODES: &[&str] = &["none", "writeback", "writethrough", "directsync"
 /// Options diskimg's convert does not implement: (id, how to name it).
 const UNSUPPORTED: &[(&str, &str)] = &[
     ("source-snapshot", "-l"),
-    ("target-options", "-o"),
-    ("backing", "-B"),
-    ("backing-format", "-F"),
     ("bitmaps", "--bitmaps"),
     ("skip-broken-bitmaps", "--skip-broken-bitmaps"),
     ("rate", "-r"),
@@ -123,11 +122,14 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
             None,
             Some("target-image-opts"),
         ))
-        .arg(args::opt(
-            "target-options",
-            Some('o'),
-            Some("target-options"),
-        ))
+        .arg(
+            clap::Arg::new("target-options")
+                .short('o')
+                .long("target-options")
+                .action(clap::ArgAction::Append)
+                .num_args(1)
+                .allow_hyphen_values(true),
+        )
         .arg(args::flag("compress", Some('c'), Some("compress")))
         .arg(args::opt("target-cache", Some('t'), Some("target-cache")))
         .arg(args::opt("backing", Some('B'), Some("backing")))
@@ -223,11 +225,12 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
         }
     }
     let out_fmt = args::get_str(&m, "target-format").unwrap_or("raw");
-    match out_fmt {
-        "raw" => {}
-        "qcow2" | "qed" | "add-cow" => {
+    let out_format = match out_fmt {
+        "raw" => Format::Raw,
+        "qcow2" => Format::Qcow2,
+        "qed" | "add-cow" => {
             ctx.error(format!(
-                "{out_fmt} output is not implemented yet; diskimg convert writes raw targets only"
+                "{out_fmt} output is not implemented yet; diskimg convert writes raw and qcow2 targets"
             ));
             return 1;
         }
@@ -244,8 +247,47 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
             }
             return 1;
         }
+    };
+    let opt_strings: Vec<String> = m
+        .get_many::<String>("target-options")
+        .map(|v| v.cloned().collect())
+        .unwrap_or_default();
+    let split: Vec<(String, String, bool)> = opt_strings
+        .iter()
+        .flat_map(|s| create::split_opts(s))
+        .collect();
+    if split
+        .iter()
+        .any(|(k, _, has_eq)| (k == "help" || k == "?") && !has_eq)
+    {
+        create::print_options_help(out_fmt, true);
+        return 0;
     }
-    if m.get_flag("compress") {
+    let parsed = match create::parse_option_strings(out_format, &opt_strings) {
+        Ok(p) => p,
+        Err(msg) => {
+            ctx.error(msg);
+            return 1;
+        }
+    };
+    let mut backing_file = parsed.get_str("backing_file").map(str::to_string);
+    if let Some(b) = args::get_str(&m, "backing") {
+        backing_file = Some(b.to_string());
+    }
+    let mut backing_fmt = parsed.get_str("backing_fmt").map(str::to_string);
+    if let Some(f) = args::get_str(&m, "backing-format") {
+        backing_fmt = Some(f.to_string());
+    }
+    if backing_file.is_some() && out_format == Format::Raw {
+        ctx.error("Backing file not supported for file format 'raw'");
+        return 1;
+    }
+    if backing_file.is_some() && backing_fmt.is_none() {
+        ctx.error("Use of backing file requires explicit backing format");
+        return 1;
+    }
+    let compress = m.get_flag("compress");
+    if compress && out_format != Format::Qcow2 {
         ctx.error("Compression not supported for this file format");
         return 1;
     }
@@ -296,89 +338,114 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
         if no_create {
             ctx.error(format!("Could not open '{dst_name}': {lock}"));
         } else {
-            ctx.error(format!("{dst_name}: error while converting raw: {lock}"));
+            ctx.error(format!(
+                "{dst_name}: error while converting {out_fmt}: {lock}"
+            ));
         }
         return 1;
     }
-    let (target, created): (FileStorage, bool) = if no_create {
-        match FileStorage::open(Path::new(dst), OpenMode::ReadWrite) {
-            Ok(t) => {
-                match t.len() {
-                    Ok(len) if len < size => {
-                        ctx.error("output file is smaller than input file");
-                        return 1;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        ctx.error(format!("Could not open '{dst_name}': {}", e.message()));
-                        return 1;
-                    }
-                }
-                (t, false)
-            }
-            Err(e) => {
-                ctx.error(format!("Could not open '{dst_name}': {}", e.message()));
-                return 1;
-            }
-        }
-    } else {
-        let t = match FileStorage::create(Path::new(dst)) {
-            Ok(t) => t,
-            Err(e) => {
-                ctx.error(format!(
-                    "{dst_name}: error while converting raw: {}",
-                    e.message()
-                ));
-                return 1;
-            }
+    let dst_path = Path::new(dst);
+    let in_error = |msg: &str| format!("{dst_name}: error while converting {out_fmt}: {msg}");
+    let mut created = false;
+    if !no_create {
+        let made = if out_format == Format::Raw {
+            FileStorage::create(dst_path)
+                .and_then(|t| t.set_len(size).map(|()| t))
+                .map(|_| ())
+        } else {
+            create::build_create_options(out_format, &parsed, size, &backing_file, &backing_fmt)
+                .map_err(diskimg::Error::invalid_argument)
+                .and_then(|o| diskimg::create(dst_path, &o))
         };
-        if let Err(e) = t.set_len(size) {
-            remove_partial(Path::new(dst));
-            ctx.error(format!(
-                "{dst_name}: error while converting raw: {}",
-                e.message()
-            ));
+        if let Err(e) = made {
+            remove_partial(dst_path);
+            ctx.error(in_error(e.message()));
             return 1;
         }
-        (t, true)
+        created = true;
+    }
+    let fail = |msg: String| -> i32 {
+        if created {
+            remove_partial(dst_path);
+        }
+        ctx.error(msg);
+        1
     };
+    // A raw target is written as a plain file; any other through its
+    // driver.
+    enum Out {
+        Raw(FileStorage),
+        Image(Arc<dyn BlockDevice>),
+    }
+    let out = if out_format == Format::Raw && (created || !no_create) {
+        match FileStorage::open(dst_path, OpenMode::ReadWrite) {
+            Ok(t) => Out::Raw(t),
+            Err(e) => return fail(format!("Could not open '{dst_name}': {}", e.message())),
+        }
+    } else {
+        let opts = diskimg::OpenOptions {
+            format: Some(out_format),
+            writable: true,
+            ..diskimg::OpenOptions::default()
+        };
+        match diskimg::open(dst_path, &opts) {
+            Ok(d) => {
+                if d.size() < size {
+                    return fail("output file is smaller than input file".into());
+                }
+                Out::Image(d)
+            }
+            Err(e) => return fail(format!("Could not open '{dst_name}': {}", e.message())),
+        }
+    };
+    if let Out::Raw(t) = &out {
+        if no_create {
+            match t.len() {
+                Ok(len) if len < size => {
+                    return fail("output file is smaller than input file".into())
+                }
+                Ok(_) => {}
+                Err(e) => return fail(format!("Could not open '{dst_name}': {}", e.message())),
+            }
+        }
+    }
     let opts = ConvertOptions {
         sparse_size,
         workers,
         out_of_order: m.get_flag("oob-writes"),
         target_is_zero: created || target_is_zero_flag,
+        compress,
+        copy_top_only: backing_file.is_some(),
+    };
+    let target = match &out {
+        Out::Raw(t) => Target::Raw(t),
+        Out::Image(d) => Target::Image(d),
     };
     let mut progress = Progress::new(m.get_flag("progress") && !quiet);
-    let result = convert(&src, &target, &opts, &mut |done, total| {
+    let result = convert(&src, target, &opts, &mut |done, total| {
         progress.set(if total == 0 {
             1.0
         } else {
             done as f64 / total as f64
         })
     })
-    .and_then(|()| {
-        // qemu-img's default target cache mode is "unsafe": no flush.
-        match args::get_str(&m, "target-cache") {
-            Some(c) if c != "unsafe" => target.flush(),
-            _ => Ok(()),
-        }
+    .and_then(|()| match (&out, args::get_str(&m, "target-cache")) {
+        // Image targets always write back their metadata.
+        (Out::Image(d), _) => d.flush(),
+        (Out::Raw(_), Some("unsafe")) => Ok(()),
+        (Out::Raw(t), Some(_)) => t.flush(),
+        (Out::Raw(_), None) => Ok(()),
     });
     progress.finish();
     match result {
         Ok(()) => 0,
         Err(e) => {
-            drop(target);
-            if created {
-                remove_partial(Path::new(dst));
-            }
-            ctx.error(e.message());
-            1
+            drop(out);
+            fail(e.message().to_string())
         }
     }
 }
 
-/// Removes a target this run created, when it is a regular file (never a
-/// device or anything else a path may name).
 fn remove_partial(path: &Path) {
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
         let _ = std::fs::remove_file(path);

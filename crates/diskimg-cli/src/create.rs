@@ -243,7 +243,9 @@ fn usage_text(list: &[OptDesc]) -> String {
 
 /// `-o help`: the format's options, or with a file name the format's and
 /// the protocol's together, sorted, as qemu-img lists them.
-fn print_options_help(fmt: &str, with_file: bool) {
+/// Prints `-o help` for `fmt` (with the file protocol's options when a
+/// file name was given), as qemu-img.
+pub fn print_options_help(fmt: &str, with_file: bool) {
     let own: &[OptDesc] = if fmt == "qcow2" { QCOW2_OPTS } else { RAW_OPTS };
     let mut list: Vec<OptDesc> = own.to_vec();
     if with_file {
@@ -266,7 +268,7 @@ fn print_options_help(fmt: &str, with_file: bool) {
 
 /// Splits a QemuOpts string: `a=1,b=x,,y,c` (`,,` is a comma in a value;
 /// a bare name means `name=on`).
-pub(crate) fn split_opts(s: &str) -> Vec<(String, String, bool)> {
+pub fn split_opts(s: &str) -> Vec<(String, String, bool)> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut chars = s.chars().peekable();
@@ -325,71 +327,6 @@ pub(crate) struct OptVal {
     pub(crate) num: u64,
     /// The value of a bool option.
     pub(crate) flag: bool,
-}
-
-/// Types the `-o` options against the format's and the file protocol's
-/// option lists (QemuOpts parsing): unknown names and values of the wrong
-/// type are refused with QEMU's message. The last of a repeated option wins.
-pub(crate) fn typed_options(
-    format: Format,
-    opts: &[(String, String, bool)],
-) -> Result<Vec<(&'static str, OptVal)>, String> {
-    let mut descs: Vec<OptDesc> = if format == Format::Qcow2 {
-        QCOW2_OPTS.to_vec()
-    } else {
-        RAW_OPTS.to_vec()
-    };
-    for d in FILE_OPTS {
-        if !descs.iter().any(|o| o.0 == d.0) {
-            descs.push(*d);
-        }
-    }
-    let mut vals: Vec<(&'static str, OptVal)> = Vec::new();
-    for (k, v, _) in opts {
-        let Some(&(name, kind, _)) = descs.iter().find(|d| d.0 == k) else {
-            return Err(format!("Invalid parameter '{k}'"));
-        };
-        let val = match kind {
-            Kind::Str => OptVal {
-                shown: v.clone(),
-                num: 0,
-                flag: false,
-            },
-            Kind::Bool => match parse_bool(v) {
-                Some(b) => OptVal {
-                    shown: v.clone(),
-                    num: 0,
-                    flag: b,
-                },
-                None => return Err(format!("Parameter '{k}' expects 'on' or 'off'")),
-            },
-            Kind::Num => match parse_num(v) {
-                Some(n) => OptVal {
-                    shown: n.to_string(),
-                    num: n,
-                    flag: false,
-                },
-                None => return Err(format!("Parameter '{k}' expects a number")),
-            },
-            Kind::Size => match parse_size(v) {
-                Ok(n) => OptVal {
-                    shown: n.to_string(),
-                    num: n,
-                    flag: false,
-                },
-                Err(_) => {
-                    return Err(format!(
-                            "Parameter '{k}' expects a non-negative number below 2^64\n\
-                             Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n\
-                             and exabytes, respectively."
-                    ))
-                }
-            },
-        };
-        vals.retain(|(n, _)| *n != name);
-        vals.push((name, val));
-    }
-    Ok(vals)
 }
 
 /// Prints `FILE: msg` and returns 1.
@@ -497,31 +434,12 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
         }
     }
 
-    // Option names and types.
-    let vals = match typed_options(format, &opts) {
-        Ok(v) => v,
+    let parsed = match parse_opts(format, &opts) {
+        Ok(p) => p,
         Err(msg) => return fail(ctx, &file, msg),
     };
-    let get = |name: &str| vals.iter().find(|(n, _)| *n == name).map(|(_, v)| v);
-
-    // What diskimg does not implement is refused before anything happens.
-    for (name, v) in &vals {
-        let refused = match *name {
-            "encryption" => v.flag,
-            n if n.starts_with("encrypt.") => true,
-            "nocow" => v.flag,
-            "extent_size_hint" => true,
-            _ => false,
-        };
-        if refused {
-            let what = if name.starts_with("encrypt") {
-                "encrypted images are not implemented by diskimg yet"
-            } else {
-                "this file option is not implemented by diskimg yet"
-            };
-            return fail(ctx, &file, format!("Option '{name}': {what}"));
-        }
-    }
+    let get = |name: &str| parsed.get(name);
+    let vals = &parsed.vals;
 
     if let Some(s) = get("size") {
         if size.is_some() {
@@ -591,19 +509,148 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
     if !quiet {
         println!(
             "{}",
-            formatting_line(
-                &file,
-                &fmt,
-                format,
-                size,
-                &vals,
-                &backing_file,
-                &backing_fmt
-            )
+            formatting_line(&file, &fmt, format, size, vals, &backing_file, &backing_fmt)
         );
     }
 
-    // The format's checks (QAPI enum values first, then the driver's).
+    let opts = match build_create_options(format, &parsed, size, &backing_file, &backing_fmt) {
+        Ok(o) => o,
+        Err(msg) => return fail(ctx, &file, msg),
+    };
+    match diskimg::create(&file, &opts) {
+        Ok(()) => 0,
+        Err(e) => fail(ctx, &file, e.message()),
+    }
+}
+
+/// `-o` options checked for their names and types, as QemuOpts does.
+pub struct ParsedOpts {
+    vals: Vec<(&'static str, OptVal)>,
+}
+
+impl ParsedOpts {
+    fn get(&self, name: &str) -> Option<&OptVal> {
+        self.vals.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// The value of a string option.
+    pub fn get_str(&self, name: &str) -> Option<&str> {
+        self.get(name).map(|v| v.shown.as_str())
+    }
+}
+
+/// Types the `-o` options against the format's and the file protocol's
+/// option lists (QemuOpts parsing): unknown names and values of the wrong
+/// type are refused with QEMU's message; the last of a repeated option wins.
+/// Nothing is refused for not being implemented (measure accepts and
+/// ignores options create refuses).
+pub(crate) fn typed_options(
+    format: Format,
+    opts: &[(String, String, bool)],
+) -> Result<Vec<(&'static str, OptVal)>, String> {
+    let mut descs: Vec<OptDesc> = if format == Format::Qcow2 {
+        QCOW2_OPTS.to_vec()
+    } else {
+        RAW_OPTS.to_vec()
+    };
+    for d in FILE_OPTS {
+        if !descs.iter().any(|o| o.0 == d.0) {
+            descs.push(*d);
+        }
+    }
+    let mut vals: Vec<(&'static str, OptVal)> = Vec::new();
+    for (k, v, _) in opts {
+        let Some(&(name, kind, _)) = descs.iter().find(|d| d.0 == k) else {
+            return Err(format!("Invalid parameter '{k}'"));
+        };
+        let val = match kind {
+            Kind::Str => OptVal {
+                shown: v.clone(),
+                num: 0,
+                flag: false,
+            },
+            Kind::Bool => match parse_bool(v) {
+                Some(b) => OptVal {
+                    shown: v.clone(),
+                    num: 0,
+                    flag: b,
+                },
+                None => return Err(format!("Parameter '{k}' expects 'on' or 'off'")),
+            },
+            Kind::Num => match parse_num(v) {
+                Some(n) => OptVal {
+                    shown: n.to_string(),
+                    num: n,
+                    flag: false,
+                },
+                None => return Err(format!("Parameter '{k}' expects a number")),
+            },
+            Kind::Size => match parse_size(v) {
+                Ok(n) => OptVal {
+                    shown: n.to_string(),
+                    num: n,
+                    flag: false,
+                },
+                Err(_) => {
+                    return Err(format!(
+                            "Parameter '{k}' expects a non-negative number below 2^64\n\
+                             Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n\
+                             and exabytes, respectively."
+                    ))
+                }
+            },
+        };
+        vals.retain(|(n, _)| *n != name);
+        vals.push((name, val));
+    }
+
+    Ok(vals)
+}
+
+/// Checks `-o` options (split already) against the options of `format`;
+/// what diskimg does not implement is refused here, before anything happens.
+fn parse_opts(format: Format, opts: &[(String, String, bool)]) -> Result<ParsedOpts, String> {
+    let vals = typed_options(format, opts)?;
+
+    // What diskimg does not implement is refused before anything happens.
+    for (name, v) in &vals {
+        let refused = match *name {
+            "encryption" => v.flag,
+            n if n.starts_with("encrypt.") => true,
+            "nocow" => v.flag,
+            "extent_size_hint" => true,
+            _ => false,
+        };
+        if refused {
+            let what = if name.starts_with("encrypt") {
+                "encrypted images are not implemented by diskimg yet"
+            } else {
+                "this file option is not implemented by diskimg yet"
+            };
+            return Err(format!("Option '{name}': {what}"));
+        }
+    }
+
+    Ok(ParsedOpts { vals })
+}
+
+/// Parses `-o` option strings (`a=b,c=d`, possibly several) for `format`.
+pub fn parse_option_strings(format: Format, strings: &[String]) -> Result<ParsedOpts, String> {
+    let opts: Vec<(String, String, bool)> = strings.iter().flat_map(|s| split_opts(s)).collect();
+    parse_opts(format, &opts)
+}
+
+/// The options to create a `format` image of `size` bytes from checked
+/// `-o` options and the backing file settings: QAPI's enum checks first,
+/// as QEMU; the driver's own checks run when the image is created.
+pub fn build_create_options(
+    format: Format,
+    parsed: &ParsedOpts,
+    size: u64,
+    backing_file: &Option<String>,
+    backing_fmt: &Option<String>,
+) -> Result<CreateOptions, String> {
+    let get = |name: &str| parsed.get(name);
     let mut opts = CreateOptions::new(format, size);
     if format == Format::Qcow2 {
         let mut q = Qcow2CreateOptions::default();
@@ -612,21 +659,17 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
                 "0.10" | "v2" => 2,
                 "1.1" | "v3" => 3,
                 other => {
-                    return fail(
-                        ctx,
-                        &file,
-                        format!("Parameter 'version' does not accept value '{other}'"),
-                    )
+                    return Err(format!(
+                        "Parameter 'version' does not accept value '{other}'"
+                    ))
                 }
             };
         }
         if let Some(f) = &backing_fmt {
             if !QEMU_DRIVERS.contains(&f.as_str()) {
-                return fail(
-                    ctx,
-                    &file,
-                    format!("Parameter 'backing-fmt' does not accept value '{f}'"),
-                );
+                return Err(format!(
+                    "Parameter 'backing-fmt' does not accept value '{f}'"
+                ));
             }
         }
         if let Some(v) = get("cluster_size") {
@@ -634,18 +677,16 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
         }
         match prealloc_of(get("preallocation")) {
             Ok(p) => opts.preallocation = p,
-            Err(msg) => return fail(ctx, &file, msg),
+            Err(msg) => return Err(msg),
         }
         if let Some(c) = get("compression_type") {
             q.compression_type = match c.shown.as_str() {
                 "zlib" => CompressionType::Zlib,
                 "zstd" => CompressionType::Zstd,
                 other => {
-                    return fail(
-                        ctx,
-                        &file,
-                        format!("Parameter 'compression-type' does not accept value '{other}'"),
-                    )
+                    return Err(format!(
+                        "Parameter 'compression-type' does not accept value '{other}'"
+                    ))
                 }
             };
         }
@@ -662,17 +703,14 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
     } else {
         match prealloc_of(get("preallocation")) {
             Ok(p) => opts.preallocation = p,
-            Err(msg) => return fail(ctx, &file, msg),
+            Err(msg) => return Err(msg),
         }
     }
-    match diskimg::create(&file, &opts) {
-        Ok(()) => 0,
-        Err(e) => fail(ctx, &file, e.message()),
-    }
+    Ok(opts)
 }
 
 /// The preallocation mode of the `preallocation` option (off when unset).
-pub(crate) fn prealloc_of(v: Option<&OptVal>) -> Result<Preallocation, String> {
+fn prealloc_of(v: Option<&OptVal>) -> Result<Preallocation, String> {
     match v {
         None => Ok(Preallocation::Off),
         Some(p) => Preallocation::parse(&p.shown).ok_or_else(|| {

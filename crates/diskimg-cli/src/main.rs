@@ -18,6 +18,7 @@ mod measure;
 mod open;
 mod progress;
 mod qjson;
+mod resize;
 mod size;
 
 use std::ffi::OsString;
@@ -27,7 +28,7 @@ use ctx::{Ctx, Persona};
 const VERSION_QEMU: &str = "10.0.2";
 
 /// qemu-img's commands that diskimg does not implement yet.
-const LATER: &[&str] = &["amend", "bitmap", "commit", "rebase", "resize", "snapshot"];
+const LATER: &[&str] = &["amend", "bitmap", "commit", "rebase", "snapshot"];
 
 /// Prints the version. Under the qemu-img name the first line carries the
 /// qemu-img version whose behaviour diskimg follows, since scripts parse
@@ -173,6 +174,7 @@ fn run(ctx: &Ctx, argv: &[OsString], diskimg_words: bool) -> i32 {
         "info" => info::run(ctx, rest),
         "map" => map::run(ctx, rest),
         "convert" => convert::run(ctx, rest),
+        "resize" => resize::run(ctx, rest),
         "compare" => compare::run(ctx, rest),
         "check" => check::run(ctx, rest),
         "create" => create::run(ctx, rest),

@@ -22,39 +22,65 @@ pub fn open_image(
     fmt: Option<&str>,
     how: OpenHow,
 ) -> Result<Arc<dyn BlockDevice>, String> {
-    open_image_rw(path, fmt, how, false)
-}
-
-/// Opens `path` as [`open_image`] does, for writing when `writable` (the
-/// backing chain stays read-only).
-pub fn open_image_rw(
-    path: &OsStr,
-    fmt: Option<&str>,
-    how: OpenHow,
-    writable: bool,
-) -> Result<Arc<dyn BlockDevice>, String> {
-    let shown = path.to_string_lossy();
-    if shown.is_empty() {
-        // QEMU's file driver refuses an empty name before any system call.
-        return Err("Could not open '': The 'file' block driver requires a file name".to_string());
-    }
-    let format = match fmt {
-        Some(f) => Some(
-            f.parse::<Format>()
-                .map_err(|e| format!("Could not open '{shown}': {}", e.message()))?,
-        ),
-        None => None,
-    };
+    let format = parse_format(path, fmt)?;
     let warn: diskimg::WarningSink = Arc::new(crate::ctx::print_warning);
     let opts = OpenOptions {
         format,
-        writable,
+        writable: false,
         open_backing: how.backing,
         open_data_file: how.data_file,
         warnings: Some(warn),
         ..OpenOptions::default()
     };
-    diskimg::open(path, &opts).map_err(|e| {
+    open_with(path, &opts)
+}
+
+/// Opens `path` for writing as `fmt` (probed when `None`), with its backing
+/// chain. When the format was probed as raw, qemu's warning about it is
+/// printed first.
+pub fn open_image_writable(
+    path: &OsStr,
+    fmt: Option<&str>,
+) -> Result<Arc<dyn BlockDevice>, String> {
+    let shown = path.to_string_lossy();
+    let format = parse_format(path, fmt)?;
+    let warn: diskimg::WarningSink = Arc::new(crate::ctx::print_warning);
+    let opts = OpenOptions {
+        format,
+        writable: true,
+        warnings: Some(warn),
+        ..OpenOptions::default()
+    };
+    let dev = open_with(path, &opts)?;
+    if format.is_none() && dev.info().format == "raw" {
+        eprintln!(
+            "WARNING: Image format was not specified for '{shown}' and probing guessed raw.\n         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n         Specify the 'raw' format explicitly to remove the restrictions."
+        );
+    }
+    Ok(dev)
+}
+
+/// The format named by `-f`, with qemu-img's error for an unknown one.
+fn parse_format(path: &OsStr, fmt: Option<&str>) -> Result<Option<Format>, String> {
+    match fmt {
+        Some(f) => f.parse::<Format>().map(Some).map_err(|e| {
+            format!(
+                "Could not open '{}': {}",
+                path.to_string_lossy(),
+                e.message()
+            )
+        }),
+        None => Ok(None),
+    }
+}
+
+fn open_with(path: &OsStr, opts: &OpenOptions) -> Result<Arc<dyn BlockDevice>, String> {
+    let shown = path.to_string_lossy();
+    if shown.is_empty() {
+        // QEMU's file driver refuses an empty name before any system call.
+        return Err("Could not open '': The 'file' block driver requires a file name".to_string());
+    }
+    diskimg::open(path, opts).map_err(|e| {
         let m = e.message();
         // qemu-img puts "Could not open 'F': " before the driver's message.
         // An OS error opening the file already carries the same words and

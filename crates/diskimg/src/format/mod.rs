@@ -198,6 +198,22 @@ pub trait BlockDevice: Send + Sync {
     /// Makes every completed write durable.
     fn flush(&self) -> Result<()>;
 
+    /// Writes `buf` at `offset` compressed (`convert -c`, qemu-io `write
+    /// -c`): `offset` must start a cluster and `buf` must be one cluster, or
+    /// the tail of the disk. Formats without compression refuse.
+    fn write_compressed(&self, buf: &[u8], offset: u64) -> Result<()> {
+        let _ = (buf, offset);
+        Err(crate::Error::unsupported(
+            "Compression not supported for this file format",
+        ))
+    }
+
+    /// The size of the units compressed writes take (the cluster size), for
+    /// formats that can compress.
+    fn compression_unit(&self) -> Option<u64> {
+        None
+    }
+
     /// Changes the guest-visible size (`qemu-img resize`, qemu-io's
     /// `truncate`). New space reads as zeros; `prealloc` says how much of it
     /// to allocate. Whether shrinking is allowed is the caller's decision

@@ -75,10 +75,9 @@ impl BlockDevice for Raw {
 
     fn truncate(&self, size: u64, prealloc: Preallocation) -> Result<()> {
         if prealloc == Preallocation::Metadata {
-            return Err(Error::unsupported(format!(
-                "Unsupported preallocation mode 'metadata' for raw image '{}'",
-                self.storage.name()
-            )));
+            return Err(Error::unsupported(
+                "Unsupported preallocation mode: metadata",
+            ));
         }
         if !self.storage.is_writable() {
             return Err(Error::read_only(format!(

@@ -1,4 +1,5 @@
-//! Copying an image (through its chain) into a raw, sparse target.
+//! Copying an image (through its chain) into a raw, sparse target, or into
+//! an image opened for writing (qcow2 through its own write path).
 //!
 //! The source is walked with [`status_above`]: ranges that read as zeros
 //! are not read at all; data ranges are read in chunks by several worker
@@ -9,6 +10,14 @@
 //! zero ranges are punched (or written as zeros where punching is not
 //! possible). With `sparse_size == 0` everything is written, zeros included,
 //! so the target is fully allocated.
+//!
+//! Image targets: zero ranges are left alone on a new target and written
+//! as zero writes otherwise; with `compress` every data cluster goes
+//! through the target's compressed write (jobs are aligned to its clusters,
+//! and each worker compresses on its own core); with `copy_top_only` (a
+//! target with a backing file, `-B`) only what the source's top layer holds
+//! is copied: its unallocated ranges stay unallocated in the target, and
+//! its zeros become zero writes.
 //!
 //! Memory: one chunk buffer per worker, whatever the image size.
 
@@ -42,6 +51,11 @@ pub struct ConvertOptions {
     /// The target already reads as zeros everywhere (a file just created, or
     /// `--target-is-zero`): zero ranges need no writes.
     pub target_is_zero: bool,
+    /// Write data clusters compressed (image targets that can compress).
+    pub compress: bool,
+    /// Copy only the source's top layer (the target has a backing file that
+    /// holds the rest).
+    pub copy_top_only: bool,
 }
 
 impl Default for ConvertOptions {
@@ -51,6 +65,8 @@ impl Default for ConvertOptions {
             workers: 8,
             out_of_order: false,
             target_is_zero: true,
+            compress: false,
+            copy_top_only: false,
         }
     }
 }
@@ -67,23 +83,47 @@ pub fn is_zero(buf: &[u8]) -> bool {
             .all(|c| c.iter().fold(0u128, |acc, &w| acc | w) == 0)
 }
 
-/// The target, with writes serialised: buffered writes to one file take
-/// the inode lock in the kernel anyway, and several threads contending for
-/// it there spin and burn CPU time; queueing them here costs nothing.
-struct Target<'a> {
-    dst: &'a dyn Storage,
+/// Where converted data goes.
+#[derive(Clone, Copy)]
+pub enum Target<'a> {
+    /// A raw file, written at the guest offsets.
+    Raw(&'a dyn Storage),
+    /// An image opened for writing.
+    Image(&'a Arc<dyn BlockDevice>),
+}
+
+/// The target, with raw writes serialised: buffered writes to one file
+/// take the inode lock in the kernel anyway, and several threads contending
+/// for it there spin and burn CPU time; queueing them here costs nothing.
+/// Image targets order their own writes (they allocate in parallel).
+struct Sink<'a> {
+    target: Target<'a>,
     lock: Mutex<()>,
 }
 
-impl Target<'_> {
+impl Sink<'_> {
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.dst.write_at(buf, offset)
+        match self.target {
+            Target::Raw(dst) => {
+                let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+                dst.write_at(buf, offset)
+            }
+            Target::Image(dev) => dev.write_at(buf, offset),
+        }
     }
 
-    fn punch_hole(&self, offset: u64, len: u64) -> Result<()> {
-        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.dst.punch_hole(offset, len)
+    /// Makes a range of a target that may hold data read as zeros.
+    fn zero(&self, offset: u64, len: u64) -> Result<()> {
+        match self.target {
+            Target::Raw(dst) => {
+                let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+                dst.punch_hole(offset, len)
+            }
+            Target::Image(dev) => {
+                let len = len.min(dev.size().saturating_sub(offset));
+                dev.write_zeroes(offset, len, true)
+            }
+        }
     }
 }
 
@@ -94,14 +134,27 @@ enum Job {
     Data { offset: u64, len: u64 },
     /// `[offset, offset + len)` reads as zeros.
     Zero { offset: u64, len: u64 },
+    /// `[offset, offset + len)` is left to the target's backing file.
+    Skip { len: u64 },
 }
 
 /// Hands out jobs in guest order, walking the source status lazily.
 struct Cursor {
     offset: u64,
     size: u64,
-    /// The current status extent: (end, is_zero).
-    extent: Option<(u64, bool)>,
+    /// The current status extent: (end, kind).
+    extent: Option<(u64, Kind)>,
+    /// Only the top layer counts (`-B`).
+    top_only: bool,
+    /// Jobs start and end on multiples of this (compressed targets).
+    align: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Data,
+    Zero,
+    Skip,
 }
 
 impl Cursor {
@@ -109,33 +162,79 @@ impl Cursor {
         if self.offset >= self.size {
             return Ok(None);
         }
-        let (end, zero) = match self.extent {
-            Some((end, zero)) if end > self.offset => (end, zero),
+        let (end, kind) = match self.extent {
+            Some((end, kind)) if end > self.offset => (end, kind),
             _ => {
-                let st = status_above(src, self.offset, self.size - self.offset).map_err(|e| {
+                let what = |e: Error| {
                     e.context(format!(
                         "error while reading block status at offset {}",
                         self.offset
                     ))
-                })?;
-                let end = self.offset + st.len;
-                let zero = st.zero && !st.data;
-                self.extent = Some((end, zero));
-                (end, zero)
+                };
+                let (len, kind) = if self.top_only {
+                    let st = src
+                        .block_status(self.offset, self.size - self.offset)
+                        .map_err(what)?;
+                    let kind = if !st.allocated {
+                        Kind::Skip
+                    } else if st.zero && !st.data {
+                        Kind::Zero
+                    } else {
+                        Kind::Data
+                    };
+                    (st.len, kind)
+                } else {
+                    let st =
+                        status_above(src, self.offset, self.size - self.offset).map_err(what)?;
+                    let kind = if st.zero && !st.data {
+                        Kind::Zero
+                    } else {
+                        Kind::Data
+                    };
+                    (st.len, kind)
+                };
+                let end = self.offset + len;
+                self.extent = Some((end, kind));
+                (end, kind)
             }
         };
         let offset = self.offset;
-        let job = if zero {
-            let len = (end - offset).min(ZERO_CHUNK);
-            Job::Zero { offset, len }
+        let a = self.align;
+        // With alignment, a zero or skipped range shorter than one unit
+        // after rounding is copied as data.
+        let aligned_end = if a > 1 { end - (end - offset) % a } else { end };
+        let kind = if kind != Kind::Data && aligned_end == offset {
+            Kind::Data
         } else {
-            // Chunks aligned to CHUNK keep sparse granules aligned too.
-            let boundary = (offset / CHUNK + 1) * CHUNK;
-            let len = end.min(boundary) - offset;
-            Job::Data { offset, len }
+            kind
+        };
+        let job = match kind {
+            Kind::Zero => Job::Zero {
+                offset,
+                len: (aligned_end - offset).min(ZERO_CHUNK),
+            },
+            Kind::Skip => Job::Skip {
+                len: (aligned_end - offset).min(ZERO_CHUNK),
+            },
+            Kind::Data => {
+                // Chunks aligned to CHUNK keep sparse granules aligned too.
+                let boundary = (offset / CHUNK + 1) * CHUNK;
+                let mut stop = end.min(boundary);
+                if a > 1 {
+                    stop = stop
+                        .div_ceil(a)
+                        .saturating_mul(a)
+                        .min(self.size)
+                        .min(boundary.max(offset + a));
+                }
+                Job::Data {
+                    offset,
+                    len: stop - offset,
+                }
+            }
         };
         self.offset += match job {
-            Job::Data { len, .. } | Job::Zero { len, .. } => len,
+            Job::Data { len, .. } | Job::Zero { len, .. } | Job::Skip { len } => len,
         };
         Ok(Some(job))
     }
@@ -148,7 +247,7 @@ impl Cursor {
 /// ...`).
 pub fn convert(
     src: &Arc<dyn BlockDevice>,
-    dst: &dyn Storage,
+    dst: Target<'_>,
     opts: &ConvertOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<()> {
@@ -164,26 +263,39 @@ pub fn convert(
             opts.sparse_size
         )));
     }
+    let align = match (dst, opts.compress) {
+        (Target::Image(dev), true) => dev
+            .compression_unit()
+            .ok_or_else(|| Error::unsupported("Compression not supported for this file format"))?,
+        (Target::Raw(_), true) => {
+            return Err(Error::unsupported(
+                "Compression not supported for this file format",
+            ))
+        }
+        _ => 1,
+    };
     let cursor = Mutex::new(Cursor {
         offset: 0,
         size,
         extent: None,
+        top_only: opts.copy_top_only,
+        align,
     });
     let done = AtomicU64::new(0);
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
     let finished = AtomicU64::new(0);
-    let target = Target {
-        dst,
+    let sink = Sink {
+        target: dst,
         lock: Mutex::new(()),
     };
-    let dst = &target;
+    let dst = &sink;
     progress(0, size);
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| {
                 let mut buf: Vec<u8> = Vec::new();
-                let r = worker(src, dst, opts, &cursor, &done, &failed, &mut buf);
+                let r = worker(src, dst, opts, align, &cursor, &done, &failed, &mut buf);
                 if let Err(e) = r {
                     failed.store(true, Ordering::SeqCst);
                     let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
@@ -206,10 +318,12 @@ pub fn convert(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn worker(
     src: &Arc<dyn BlockDevice>,
-    dst: &Target<'_>,
+    dst: &Sink<'_>,
     opts: &ConvertOptions,
+    align: u64,
     cursor: &Mutex<Cursor>,
     done: &AtomicU64,
     failed: &AtomicBool,
@@ -225,6 +339,9 @@ fn worker(
         };
         let Some(job) = job else { return Ok(()) };
         match job {
+            Job::Skip { len } => {
+                done.fetch_add(len, Ordering::Relaxed);
+            }
             Job::Zero { offset, len } => {
                 write_zeros(dst, opts, offset, len, buf)
                     .map_err(|e| e.context(format!("error while writing at byte {offset}")))?;
@@ -238,8 +355,12 @@ fn worker(
                 let data = page_aligned(buf, n);
                 src.read_at(data, offset)
                     .map_err(|e| e.context(format!("error while reading at byte {offset}")))?;
-                write_data(dst, opts, offset, data)
-                    .map_err(|e| e.context(format!("error while writing at byte {offset}")))?;
+                let r = if opts.compress {
+                    write_compressed(dst, opts, offset, data, align)
+                } else {
+                    write_data(dst, opts, offset, data)
+                };
+                r.map_err(|e| e.context(format!("error while writing at byte {offset}")))?;
                 done.fetch_add(len, Ordering::Relaxed);
             }
         }
@@ -259,7 +380,7 @@ fn page_aligned(buf: &mut [u8], n: usize) -> &mut [u8] {
 
 /// Makes `[offset, offset + len)` of the target read as zeros.
 fn write_zeros(
-    dst: &Target<'_>,
+    dst: &Sink<'_>,
     opts: &ConvertOptions,
     offset: u64,
     len: u64,
@@ -281,14 +402,42 @@ fn write_zeros(
         }
         return Ok(());
     }
-    if opts.target_is_zero {
+    if opts.target_is_zero && !opts.copy_top_only {
         return Ok(());
     }
-    dst.punch_hole(offset, len)
+    dst.zero(offset, len)
+}
+
+/// Writes a data chunk cluster by cluster through the target's compressed
+/// write; zero clusters are not written (or zeroed, when the target may
+/// hold something there).
+fn write_compressed(
+    dst: &Sink<'_>,
+    opts: &ConvertOptions,
+    offset: u64,
+    data: &[u8],
+    unit: u64,
+) -> Result<()> {
+    let Target::Image(dev) = dst.target else {
+        return Err(Error::unsupported(
+            "Compression not supported for this file format",
+        ));
+    };
+    for (i, piece) in data.chunks(unit as usize).enumerate() {
+        let at = offset + i as u64 * unit;
+        if is_zero(piece) {
+            if !opts.target_is_zero || opts.copy_top_only {
+                dst.zero(at, piece.len() as u64)?;
+            }
+        } else {
+            dev.write_compressed(piece, at)?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes a data chunk, leaving out zero granules.
-fn write_data(dst: &Target<'_>, opts: &ConvertOptions, offset: u64, data: &[u8]) -> Result<()> {
+fn write_data(dst: &Sink<'_>, opts: &ConvertOptions, offset: u64, data: &[u8]) -> Result<()> {
     let g = opts.sparse_size;
     if g == 0 {
         return dst.write_at(data, offset);
@@ -321,7 +470,7 @@ fn write_data(dst: &Target<'_>, opts: &ConvertOptions, offset: u64, data: &[u8])
 }
 
 fn flush_run(
-    dst: &Target<'_>,
+    dst: &Sink<'_>,
     opts: &ConvertOptions,
     base: u64,
     data: &[u8],
@@ -330,10 +479,10 @@ fn flush_run(
     zero: bool,
 ) -> Result<()> {
     if zero {
-        if opts.target_is_zero {
+        if opts.target_is_zero && !opts.copy_top_only {
             return Ok(());
         }
-        return dst.punch_hole(start, end - start);
+        return dst.zero(start, end - start);
     }
     dst.write_at(&data[(start - base) as usize..(end - base) as usize], start)
 }
@@ -371,7 +520,7 @@ mod tests {
             workers: 3,
             ..Default::default()
         };
-        convert(&src, &dst, &opts, &mut |_, _| {}).unwrap();
+        convert(&src, Target::Raw(&dst), &opts, &mut |_, _| {}).unwrap();
         assert!(dst.to_vec() == data);
     }
 }

@@ -386,11 +386,24 @@ impl Allocator {
         Ok(())
     }
 
+    /// Whether refcount block `bi` exists.
+    fn has_block(&self, bi: u64) -> bool {
+        self.blocks.contains_key(&bi)
+            || usize::try_from(bi)
+                .ok()
+                .and_then(|i| self.table.get(i))
+                .is_some_and(|e| e & REFT_OFFSET_MASK != 0)
+    }
+
     /// Allocates `n` contiguous clusters (refcount 1 each) and returns the
-    /// host offset of the first and whether they read as zeros.
+    /// host offset of the first and whether they read as zeros. Refcount
+    /// blocks missing for the run are created right after it (a block
+    /// placed inside the run would break it: with small clusters and wide
+    /// refcounts one block covers only 64 clusters).
     pub fn allocate(&mut self, storage: &dyn Storage, n: u64) -> Result<(u64, bool)> {
         let bb = self.block_bits();
-        let limit = 1u64 << (56 - self.cluster_bits);
+        let cb = self.cluster_bits;
+        let limit = 1u64 << (56 - cb);
         let mut start = self.free_hint.max(1);
         'search: loop {
             let mut run = 0;
@@ -408,18 +421,48 @@ impl Allocator {
                 }
                 run += 1;
             }
-            // Every block describing the run must exist before the run is
-            // taken: a new block may land in the run, so search again.
-            let mut created = false;
-            for bi in (start >> bb)..=((start + n - 1) >> bb) {
-                if self.block(storage, bi)?.is_none() {
-                    self.new_block(storage, bi)?;
-                    created = true;
+            // The blocks missing for the run and for themselves.
+            let mut nb = 0u64;
+            let missing: Vec<u64> = loop {
+                let last = start + n + nb - 1;
+                let miss: Vec<u64> = ((start >> bb)..=(last >> bb))
+                    .filter(|&bi| !self.has_block(bi))
+                    .collect();
+                if miss.len() as u64 == nb {
+                    break miss;
+                }
+                nb = miss.len() as u64;
+            };
+            let Some(&max_bi) = missing.last() else {
+                break;
+            };
+            if usize::try_from(max_bi).map_or(true, |i| i >= self.table.len()) {
+                self.grow_table(storage, max_bi + 1)?;
+                continue 'search;
+            }
+            for c in start + n..start + n + nb {
+                if c >= limit || self.refcount(storage, c)? != 0 {
+                    start = c + 1;
+                    continue 'search;
                 }
             }
-            if !created {
-                break;
+            for (j, &bi) in missing.iter().enumerate() {
+                let offset = (start + n + j as u64) << cb;
+                self.trim_cache();
+                self.blocks.insert(
+                    bi,
+                    Block {
+                        offset,
+                        data: vec![0u8; self.cs() as usize],
+                        dirty: true,
+                    },
+                );
+                self.set_table_entry(bi as usize, offset);
             }
+            for c in start + n..start + n + nb {
+                self.set_refcount(storage, c, 1)?;
+            }
+            break;
         }
         for c in start..start + n {
             self.set_refcount(storage, c, 1)?;
@@ -428,7 +471,32 @@ impl Allocator {
         self.zero_from = self.zero_from.max(start + n);
         self.free_hint = start + n;
         self.end = self.end.max(start + n);
-        Ok((start << self.cluster_bits, fresh))
+        Ok((start << cb, fresh))
+    }
+
+    /// Takes the `n` clusters from index `first` when they are all free and
+    /// their refcount blocks exist; returns whether it did.
+    pub fn allocate_at(&mut self, storage: &dyn Storage, first: u64, n: u64) -> Result<bool> {
+        let bb = self.block_bits();
+        for bi in (first >> bb)..=((first + n - 1) >> bb) {
+            if self.block(storage, bi)?.is_none() {
+                return Ok(false);
+            }
+        }
+        for c in first..first + n {
+            if self.refcount(storage, c)? != 0 {
+                return Ok(false);
+            }
+        }
+        for c in first..first + n {
+            self.set_refcount(storage, c, 1)?;
+        }
+        self.zero_from = self.zero_from.max(first + n);
+        self.end = self.end.max(first + n);
+        if self.free_hint == first {
+            self.free_hint = first + n;
+        }
+        Ok(true)
     }
 
     /// Queues the release of `n` clusters from index `first`: the decrement

@@ -16,7 +16,9 @@
 mod allocator;
 pub mod bitmaps;
 pub mod check;
+mod compress;
 pub mod compressed;
+mod compressed_writer;
 pub mod create;
 pub mod extensions;
 pub mod header;
@@ -388,6 +390,7 @@ impl Qcow2 {
                 && header.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0,
             corrupt: false,
             l1_offset: header.l1_table_offset,
+            compressed_next: None,
         };
         Ok(writer::WriteState::new(meta, protected))
     }
@@ -698,6 +701,15 @@ impl BlockDevice for Qcow2 {
 
     fn flush(&self) -> Result<()> {
         self.flush_all()
+    }
+
+    fn write_compressed(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.check_range(offset, buf.len() as u64)?;
+        self.write_compressed_cluster(buf, offset)
+    }
+
+    fn compression_unit(&self) -> Option<u64> {
+        (!self.has_data_file).then(|| self.header.cluster_size())
     }
 
     fn truncate(&self, size: u64, prealloc: crate::format::create::Preallocation) -> Result<()> {

@@ -165,6 +165,7 @@ impl Qcow2 {
         let cs = h.cluster_size();
         let ext = h.extended_l2();
         let mut pos = a;
+        let mut host_end = 0u64;
         while pos < b {
             let (l1_index, l2_index) = self.indices(pos);
             let mut m = self.meta(w)?;
@@ -174,6 +175,7 @@ impl Qcow2 {
             let ct = l2_entry::cluster_type(entry, ext, self.has_data_file);
             if matches!(ct, ClusterType::Unallocated | ClusterType::ZeroPlain) {
                 let (host, fresh) = m.alloc.allocate(self.storage.as_ref(), 1)?;
+                host_end = host_end.max(host + cs);
                 drop(m);
                 match mode {
                     Preallocation::Full => self.write_zeros_at(host, cs)?,
@@ -199,6 +201,11 @@ impl Qcow2 {
                 drop(m);
             }
             pos += cs;
+        }
+        // The file covers every cluster the tables now name (QEMU's check
+        // counts clusters past the end of the file as errors).
+        if self.storage.len()? < host_end {
+            self.storage.set_len(host_end)?;
         }
         Ok(())
     }

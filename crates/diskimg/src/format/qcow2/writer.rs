@@ -34,6 +34,9 @@ use super::Qcow2;
 use crate::format::mapped::{read_backing, Mapper};
 use crate::{Error, ErrorKind, Result};
 
+/// The most bytes of whole new clusters allocated and written at once.
+const MAX_NEW_RUN: usize = 16 << 20;
+
 /// Zero bits of an extended L2 bitmap (all 32 subclusters read as zeros).
 const BITMAP_ALL_ZERO: u64 = 0xffff_ffff_0000_0000;
 
@@ -59,6 +62,9 @@ pub(super) struct Meta {
     pub(super) corrupt: bool,
     /// Where the L1 table is, and its size in entries.
     pub(super) l1_offset: u64,
+    /// The next free byte for compressed data, inside a host cluster that
+    /// already holds compressed data (None: start a new cluster).
+    pub(super) compressed_next: Option<u64>,
 }
 
 /// Where the bytes of one subcluster come from when its cluster is copied.
@@ -152,7 +158,7 @@ impl Qcow2 {
 
     /// Sets the dirty bit before the first metadata change of a
     /// lazy_refcounts image.
-    fn mark_dirty(&self, m: &mut Meta) -> Result<()> {
+    pub(super) fn mark_dirty(&self, m: &mut Meta) -> Result<()> {
         if m.lazy && m.incompat & INCOMPAT_DIRTY == 0 {
             let v = m.incompat | INCOMPAT_DIRTY;
             self.write_header_field(72, &v.to_be_bytes())?;
@@ -199,7 +205,7 @@ impl Qcow2 {
         Ok(())
     }
 
-    fn write_data(&self, w: &WriteState, buf: &[u8], host: u64) -> Result<()> {
+    pub(super) fn write_data(&self, w: &WriteState, buf: &[u8], host: u64) -> Result<()> {
         self.check_overlap(w, host, buf.len() as u64)?;
         self.data.write_at(buf, host)
     }
@@ -318,7 +324,7 @@ impl Qcow2 {
     }
 
     /// Queues the release of whatever host space `entry` holds.
-    fn free_entry(&self, m: &mut Meta, entry: u64) {
+    pub(super) fn free_entry(&self, m: &mut Meta, entry: u64) {
         let cb = self.header.cluster_bits;
         match l2_entry::cluster_type(entry, self.header.extended_l2(), self.has_data_file) {
             ClusterType::Compressed => {
@@ -387,12 +393,26 @@ impl Qcow2 {
         let end = offset + buf.len() as u64;
         let _g = w.ranges.lock(offset & !(cs - 1), end.div_ceil(cs) * cs);
         let mut pos = offset;
-        // A run of in-place clusters contiguous on the host: (host, start in buf, len).
+        // A run of in-place clusters contiguous on the host: (host, start
+        // in buf, len); a run of whole clusters to allocate: (start in buf,
+        // len).
         let mut run: Option<(u64, usize, usize)> = None;
+        let mut fresh: Option<(usize, usize)> = None;
         while pos < end {
             let n = ((pos | (cs - 1)) + 1).min(end) - pos;
             let at = (pos - offset) as usize;
-            match self.in_place_host(pos, n)? {
+            let place = self.in_place_host(pos, n)?;
+            if place.is_some() || n < cs || fresh.is_some_and(|(_, l)| l >= MAX_NEW_RUN) {
+                if let Some((s, l)) = fresh.take() {
+                    self.write_new_clusters(w, offset + s as u64, &buf[s..s + l])?;
+                }
+            }
+            if place.is_none() {
+                if let Some((h, s, l)) = run.take() {
+                    self.write_data(w, &buf[s..s + l], h)?;
+                }
+            }
+            match place {
                 Some(host) => match &mut run {
                     Some((h, s, l)) if *h + *l as u64 == host && *s + *l == at => *l += n as usize,
                     _ => {
@@ -402,19 +422,81 @@ impl Qcow2 {
                         run = Some((host, at, n as usize));
                     }
                 },
-                None => {
-                    if let Some((h, s, l)) = run.take() {
-                        self.write_data(w, &buf[s..s + l], h)?;
-                    }
-                    self.write_cluster(w, pos, &buf[at..at + n as usize])?;
-                }
+                None if n == cs => match &mut fresh {
+                    Some((_, l)) => *l += n as usize,
+                    None => fresh = Some((at, n as usize)),
+                },
+                None => self.write_cluster(w, pos, &buf[at..at + n as usize])?,
             }
             pos += n;
         }
         if let Some((h, s, l)) = run.take() {
             self.write_data(w, &buf[s..s + l], h)?;
         }
+        if let Some((s, l)) = fresh.take() {
+            self.write_new_clusters(w, offset + s as u64, &buf[s..s + l])?;
+        }
         self.flush_if_needed(w)
+    }
+
+    /// Writes whole clusters that cannot be written in place into newly
+    /// allocated, contiguous host clusters: one allocation, one write, then
+    /// the entries; the old clusters are freed.
+    fn write_new_clusters(&self, w: &WriteState, pos: u64, data: &[u8]) -> Result<()> {
+        let h = &self.header;
+        let cs = h.cluster_size();
+        let cb = h.cluster_bits;
+        let ext = h.extended_l2();
+        let k = data.len() as u64 / cs;
+        let mut m = self.meta(w)?;
+        self.mark_dirty(&mut m)?;
+        let mut slots: Vec<(u64, usize, u64)> = Vec::with_capacity(k as usize);
+        let mut current: Option<(u64, u64)> = None;
+        for i in 0..k {
+            let g = pos + i * cs;
+            let (l1_index, l2_index) = self.indices(g);
+            let l2off = match current {
+                Some((l1, off)) if l1 == l1_index => off,
+                _ => {
+                    let off = self.l2_for_write(&mut m, l1_index)?;
+                    current = Some((l1_index, off));
+                    off
+                }
+            };
+            let table = self.l2_table(l2off)?;
+            let (entry, _) = self.entry_in(&table, l2_index);
+            let ct = l2_entry::cluster_type(entry, ext, self.has_data_file);
+            let host = entry & OFFSET_MASK;
+            if matches!(ct, ClusterType::Normal | ClusterType::ZeroAlloc) && host & (cs - 1) != 0 {
+                return Err(self.corrupt(format!(
+                    "Cluster allocation offset {host:#x} unaligned (L2 offset: {l2off:#x}, L2 index: {l2_index:#x}, guest offset {g:#x})"
+                )));
+            }
+            slots.push((l2off, l2_index, entry));
+        }
+        let (host, _) = m.alloc.allocate(self.storage.as_ref(), k)?;
+        drop(m);
+        let io = self.write_data(w, data, host);
+        let mut m = w.meta.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = io {
+            m.alloc.queue_free(host >> cb, k);
+            return Err(e);
+        }
+        let bitmap = if ext {
+            l2_entry::L2_BITMAP_ALL_ALLOC
+        } else {
+            0
+        };
+        for (i, (l2off, l2_index, old)) in slots.into_iter().enumerate() {
+            self.set_entry(
+                l2off,
+                l2_index,
+                (host + i as u64 * cs) | OFLAG_COPIED,
+                bitmap,
+            )?;
+            self.free_entry(&mut m, old);
+        }
+        Ok(())
     }
 
     fn refuse_if_corrupt(&self, w: &WriteState) -> Result<()> {
@@ -626,7 +708,7 @@ impl Qcow2 {
     }
 
     /// Flushes when the write-back caches hold too much.
-    fn flush_if_needed(&self, w: &WriteState) -> Result<()> {
+    pub(super) fn flush_if_needed(&self, w: &WriteState) -> Result<()> {
         let l2_pressure = self.cache.dirty_count() * 2 > self.cache.capacity();
         let mut m = w.meta.lock().unwrap_or_else(|e| e.into_inner());
         if l2_pressure || m.alloc.wants_flush() {
@@ -687,6 +769,8 @@ impl Qcow2 {
         if m.alloc.has_pending_frees() {
             self.sync()?;
             let freed = m.alloc.apply_frees(st)?;
+            // The cluster compressed data was being packed into may be free now.
+            m.compressed_next = None;
             let mut sync = || self.sync();
             m.alloc.write_back(st, &mut sync)?;
             for (off, len) in freed {

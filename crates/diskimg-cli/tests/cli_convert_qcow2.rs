@@ -1,0 +1,267 @@
+//! `convert -O qcow2`, judged by QEMU: every target passes `qemu-img check`
+//! with no errors and no leaks, reads back (`qemu-img compare`) as the
+//! source, keeps qemu-img's options (`qemu-img info`), and the errors match
+//! qemu-img's.
+
+mod cli_common;
+
+use cli_common::Scratch;
+
+/// A source with data, zeros, holes and a partial last cluster.
+fn source(s: &Scratch) {
+    let q = s.qemu(&["create", "-q", "-f", "qcow2", "src.qcow2", "67109376"]);
+    assert_eq!(q.rc, 0, "{q:?}");
+    let io = std::process::Command::new("qemu-io")
+        .current_dir(s.dir.path())
+        .args([
+            "-c",
+            "write -P 3 1M 5M",
+            "-c",
+            "write -z 10M 1M",
+            "-c",
+            "write -P 7 20M 65k",
+            "-c",
+            "write -P 9 67108864 512",
+            "src.qcow2",
+        ])
+        .output()
+        .expect("qemu-io is installed (Debian package qemu-utils)");
+    assert!(io.status.success());
+}
+
+fn check_clean(s: &Scratch, name: &str) {
+    let c = s.qemu(&["check", "--output=json", name]);
+    assert_eq!(c.rc, 0, "{name}: {c:?}");
+    assert!(!c.stdout.contains("\"leaks\""), "{name}: {}", c.stdout);
+    assert!(
+        !c.stdout.contains("\"corruptions\""),
+        "{name}: {}",
+        c.stdout
+    );
+}
+
+fn same_bytes(s: &Scratch, a: &str, b: &str) {
+    let c = s.qemu(&["compare", "-q", a, b]);
+    assert_eq!(c.rc, 0, "{a} and {b} differ: {c:?}");
+}
+
+#[test]
+fn option_matrix_is_accepted_by_qemu() {
+    let s = Scratch::new();
+    source(&s);
+    let cases: &[&[&str]] = &[
+        &[],
+        &["-c"],
+        &["-c", "-o", "compression_type=zstd"],
+        &["-o", "cluster_size=4096"],
+        &["-o", "cluster_size=512,refcount_bits=1"],
+        &["-o", "cluster_size=2M,refcount_bits=64"],
+        &["-o", "extended_l2=on,cluster_size=32k"],
+        &["-o", "compat=0.10"],
+        &["-o", "lazy_refcounts=on"],
+        &["-o", "preallocation=metadata"],
+        &["-o", "preallocation=full"],
+        &["-S", "0"],
+        &["-m", "1"],
+        &["-W", "-m", "16"],
+        &["-c", "-o", "cluster_size=4096"],
+    ];
+    for (i, extra) in cases.iter().enumerate() {
+        let out = format!("t{i}.qcow2");
+        let mut args = vec!["convert", "-O", "qcow2"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["src.qcow2", &out]);
+        let d = s.diskimg(&args);
+        assert_eq!(d.rc, 0, "{args:?}: {d:?}");
+        check_clean(&s, &out);
+        same_bytes(&s, "src.qcow2", &out);
+        // The options show as qemu-img made them.
+        let q = format!("q{i}.qcow2");
+        let mut qargs = args.clone();
+        *qargs.last_mut().unwrap() = &q;
+        assert_eq!(s.qemu(&qargs).rc, 0);
+        let strip = |t: String| {
+            t.lines()
+                .filter(|l| {
+                    // The file's own size depends on the layout, which may differ.
+                    let file_size = l.contains("virtual-size") && l.starts_with("        ");
+                    !l.contains("actual-size") && !l.contains("filename") && !file_size
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let ours = strip(s.qemu(&["info", "--output=json", &out]).stdout);
+        let theirs = strip(s.qemu(&["info", "--output=json", &q]).stdout);
+        assert_eq!(ours, theirs, "{args:?}");
+        if extra.contains(&"-c") {
+            let map = s.qemu(&["map", "--output=json", &out]).stdout;
+            assert!(map.contains("\"compressed\": true"), "{args:?}: {map}");
+            // Not much larger than qemu-img's.
+            let ours = std::fs::metadata(s.path(&out)).unwrap().len();
+            let theirs = std::fs::metadata(s.path(&q)).unwrap().len();
+            assert!(
+                ours * 100 <= theirs * 105 + 65536 * 100,
+                "{args:?}: {ours} vs {theirs}"
+            );
+        }
+    }
+}
+
+#[test]
+fn backing_file_target_holds_only_the_top_layer() {
+    let s = Scratch::new();
+    source(&s);
+    assert_eq!(
+        s.qemu(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "src.qcow2",
+            "-F",
+            "qcow2",
+            "top.qcow2"
+        ])
+        .rc,
+        0
+    );
+    let io = std::process::Command::new("qemu-io")
+        .current_dir(s.dir.path())
+        .args([
+            "-c",
+            "write -P 5 2M 100k",
+            "-c",
+            "write -z 4M 64k",
+            "top.qcow2",
+        ])
+        .output()
+        .unwrap();
+    assert!(io.status.success());
+    let d = s.diskimg(&[
+        "convert",
+        "-O",
+        "qcow2",
+        "-B",
+        "src.qcow2",
+        "-F",
+        "qcow2",
+        "top.qcow2",
+        "b.qcow2",
+    ]);
+    assert_eq!(d.rc, 0, "{d:?}");
+    let q = s.qemu(&[
+        "convert",
+        "-O",
+        "qcow2",
+        "-B",
+        "src.qcow2",
+        "-F",
+        "qcow2",
+        "top.qcow2",
+        "qb.qcow2",
+    ]);
+    assert_eq!(q.rc, 0);
+    check_clean(&s, "b.qcow2");
+    same_bytes(&s, "top.qcow2", "b.qcow2");
+    let depth0 = |name: &str| -> Vec<String> {
+        s.qemu(&["map", "--output=json", name])
+            .stdout
+            .lines()
+            .filter(|l| l.contains("\"depth\": 0"))
+            .map(|l| l.split("\"offset\"").next().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(depth0("b.qcow2"), depth0("qb.qcow2"));
+    // Flattening: no backing file, every byte.
+    assert_eq!(
+        s.diskimg(&["convert", "-O", "qcow2", "top.qcow2", "flat.qcow2"])
+            .rc,
+        0
+    );
+    check_clean(&s, "flat.qcow2");
+    same_bytes(&s, "top.qcow2", "flat.qcow2");
+    let info = s.qemu(&["info", "flat.qcow2"]).stdout;
+    assert!(!info.contains("backing file"), "{info}");
+}
+
+#[test]
+fn errors_match_qemu_img_and_leave_no_partial_file() {
+    let s = Scratch::new();
+    source(&s);
+    for args in [
+        &[
+            "convert",
+            "-O",
+            "qcow2",
+            "-o",
+            "foo=1",
+            "src.qcow2",
+            "e.qcow2",
+        ][..],
+        &[
+            "convert",
+            "-O",
+            "qcow2",
+            "-o",
+            "cluster_size=3",
+            "src.qcow2",
+            "e.qcow2",
+        ],
+        &[
+            "convert",
+            "-O",
+            "qcow2",
+            "-B",
+            "src.qcow2",
+            "src.qcow2",
+            "e.qcow2",
+        ],
+        &[
+            "convert",
+            "-O",
+            "raw",
+            "-B",
+            "src.qcow2",
+            "-F",
+            "qcow2",
+            "src.qcow2",
+            "e.raw",
+        ],
+        &["convert", "-c", "-O", "raw", "src.qcow2", "e.raw"],
+        &[
+            "convert",
+            "-O",
+            "qcow2",
+            "-o",
+            "cluster_size=4k,extended_l2=on",
+            "src.qcow2",
+            "e.qcow2",
+        ],
+    ] {
+        s.same(args);
+        assert!(
+            !s.path("e.qcow2").exists() && !s.path("e.raw").exists(),
+            "{args:?}"
+        );
+    }
+    // -n into an existing qcow2 of the right size.
+    assert_eq!(
+        s.qemu(&["create", "-q", "-f", "qcow2", "n.qcow2", "67109376"])
+            .rc,
+        0
+    );
+    let d = s.diskimg(&["convert", "-n", "-O", "qcow2", "src.qcow2", "n.qcow2"]);
+    assert_eq!(d.rc, 0, "{d:?}");
+    check_clean(&s, "n.qcow2");
+    same_bytes(&s, "src.qcow2", "n.qcow2");
+    // -n into one that is too small: refused, untouched.
+    assert_eq!(
+        s.qemu(&["create", "-q", "-f", "qcow2", "small.qcow2", "1M"])
+            .rc,
+        0
+    );
+    let before = s.read("small.qcow2");
+    s.same(&["convert", "-n", "-O", "qcow2", "src.qcow2", "small.qcow2"]);
+    assert!(s.read("small.qcow2") == before);
+}
