@@ -98,14 +98,10 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
         ));
         return 1;
     }
-    if repair != RepairMode::None {
-        if m.get_flag("force-share") {
-            ctx.error(format!(
-                "Could not open '{shown}': force-share=on can only be used with read-only images"
-            ));
-        } else {
-            ctx.error("check -r (repair) is not implemented yet; diskimg checks read-only");
-        }
+    if repair != RepairMode::None && m.get_flag("force-share") {
+        ctx.error(format!(
+            "Could not open '{shown}': force-share=on can only be used with read-only images"
+        ));
         return 1;
     }
     let format = match args::get_str(&m, "format").map(str::parse::<Format>) {
@@ -124,6 +120,8 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
         open_backing: true,
         open_data_file: true,
         for_check: true,
+        // A repair writes the image.
+        writable: repair != RepairMode::None,
         warnings: Some(warn),
         ..OpenOptions::default()
     };
@@ -135,7 +133,7 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
         }
     };
     let format_name = image.info().format;
-    let report = match image.check(repair, &mut |line| eprintln!("{line}")) {
+    let mut report = match image.check(repair, &mut |line| eprintln!("{line}")) {
         Ok(r) => r,
         Err(e) if e.message() == NO_CHECK => {
             ctx.error(NO_CHECK);
@@ -146,6 +144,26 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
             return 1;
         }
     };
+    if report.leaks_fixed > 0 || report.corruptions_fixed > 0 {
+        // As qemu-img: say what was repaired, then check again.
+        if output == Output::Human && !m.get_flag("quiet") {
+            println!(
+                "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    {} corruptions\n\nDouble checking the fixed image now...",
+                report.leaks_fixed, report.corruptions_fixed
+            );
+        }
+        match image.check(RepairMode::None, &mut |line| eprintln!("{line}")) {
+            Ok(mut again) => {
+                again.leaks_fixed = report.leaks_fixed;
+                again.corruptions_fixed = report.corruptions_fixed;
+                report = again;
+            }
+            Err(e) => {
+                ctx.error(format!("Check failed: {}", e.message()));
+                return 1;
+            }
+        }
+    }
     match output {
         Output::Human => {
             if !m.get_flag("quiet") {

@@ -253,6 +253,19 @@ fn image_dict(info: &ImageInfo, actual: u64) -> QDict {
     d
 }
 
+/// The `Format specific information:` block as `qemu-img info` and
+/// qemu-io's `info` print it (empty when there is nothing to show).
+pub fn format_specific_text(spec: &FormatSpecific) -> String {
+    let mut out = String::new();
+    if let Some(QValue::Dict(data)) = specific_dict(spec).get("data") {
+        if !data.ordered().is_empty() {
+            out.push_str("Format specific information:\n");
+            dump_qdict(&mut out, 1, data);
+        }
+    }
+    out
+}
+
 /// `{type, data}` of ImageInfoSpecific.
 fn specific_dict(spec: &FormatSpecific) -> QDict {
     let mut w = QDict::new();

@@ -13,6 +13,7 @@ mod create;
 mod ctx;
 mod dd;
 mod info;
+mod io;
 mod map;
 mod measure;
 mod open;
@@ -78,7 +79,7 @@ Sizes take the suffixes k/K, M, G, T, P, E (powers of 1024); 'b' is ignored.
 ",
         v = env!("CARGO_PKG_VERSION"),
         extra = if p == "diskimg" {
-            "  io - Exercise an image like qemu-io (not implemented yet)\n  serve - Export an image over NBD like qemu-nbd (not implemented yet)\n"
+            "  io - Exercise an image like qemu-io\n  serve - Export an image over NBD like qemu-nbd (not implemented yet)\n"
         } else {
             ""
         },
@@ -109,7 +110,7 @@ fn main() {
         invoked: invoked.clone(),
     };
     let rc = match persona {
-        Persona::QemuIo => not_implemented("qemu-io", "diskimg io", "qemu-io is diskimg io"),
+        Persona::QemuIo => io::run(&ctx("qemu-io"), &argv[1.min(argv.len())..]),
         Persona::QemuNbd => {
             not_implemented("qemu-nbd", "diskimg serve", "qemu-nbd is diskimg serve")
         }
@@ -181,7 +182,7 @@ fn run(ctx: &Ctx, argv: &[OsString], diskimg_words: bool) -> i32 {
         "measure" => measure::run(ctx, rest),
         "dd" => dd::run(ctx, rest),
         "bench" => bench::run(ctx, rest),
-        "io" if diskimg_words => not_implemented(ctx.prog, "diskimg io", "the qemu-io drop-in"),
+        "io" if diskimg_words => io::run(ctx, rest),
         "serve" if diskimg_words => {
             not_implemented(ctx.prog, "diskimg serve", "the qemu-nbd drop-in")
         }

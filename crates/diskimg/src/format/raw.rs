@@ -60,12 +60,18 @@ impl BlockDevice for Raw {
 
     fn write_zeroes(&self, offset: u64, len: u64, _unmap: bool) -> Result<()> {
         self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
         // A punched hole reads as zeros; the file keeps its size.
         self.storage.punch_hole(offset, len)
     }
 
     fn discard(&self, offset: u64, len: u64) -> Result<()> {
         self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
         self.storage.punch_hole(offset, len)
     }
 
@@ -90,7 +96,8 @@ impl BlockDevice for Raw {
         if size > old {
             preallocate(self.storage.as_ref(), old, size - old, prealloc)?;
         }
-        self.size.store(size, Ordering::Release);
+        // As on open: the guest size is the file's in whole sectors.
+        self.size.store(size.div_ceil(512) * 512, Ordering::Release);
         Ok(())
     }
 
@@ -159,5 +166,17 @@ mod tests {
         raw.read_at(&mut buf, 900).unwrap();
         assert_eq!(buf, [5u8; 16]);
         assert!(raw.read_at(&mut buf, 1020).is_err());
+    }
+
+    #[test]
+    fn truncate_keeps_whole_sectors_as_open_does() {
+        let s: Arc<dyn Storage> = Arc::new(MemoryStorage::new("r"));
+        let raw = Raw::open(s).unwrap();
+        raw.truncate(1000, Preallocation::Off).unwrap();
+        assert_eq!(raw.size(), 1024);
+        assert_eq!(raw.storage().len().unwrap(), 1000);
+        let mut tail = [9u8; 24];
+        raw.read_at(&mut tail, 1000).unwrap();
+        assert_eq!(tail, [0u8; 24]);
     }
 }

@@ -62,6 +62,8 @@ pub struct Allocator {
     pending: Vec<(u64, u64)>,
     /// Clusters whose refcount reached zero in the last `apply_frees`.
     freed: Vec<u64>,
+    /// Offsets of refcount blocks created since the last `take_new_blocks`.
+    new_blocks: Vec<u64>,
 }
 
 fn be_u64s(buf: &[u8]) -> Vec<u64> {
@@ -70,7 +72,8 @@ fn be_u64s(buf: &[u8]) -> Vec<u64> {
         .collect()
 }
 
-fn set_block_entry(block: &mut [u8], index: u64, order: u32, value: u64) {
+/// Stores entry `index` of a refcount block of `1 << order`-bit entries.
+pub fn set_block_entry(block: &mut [u8], index: u64, order: u32, value: u64) {
     let bits = 1u64 << order;
     let bit = index * bits;
     let byte = (bit / 8) as usize;
@@ -117,6 +120,7 @@ impl Allocator {
             end: file_clusters,
             pending: Vec::new(),
             freed: Vec::new(),
+            new_blocks: Vec::new(),
         })
     }
 
@@ -147,6 +151,19 @@ impl Allocator {
     pub fn wants_flush(&self) -> bool {
         self.pending.len() >= FREE_QUEUE_LIMIT
             || self.blocks.len() > MAX_CACHED_BLOCKS && self.blocks.values().any(|b| b.dirty)
+    }
+
+    /// Offsets of the refcount blocks the table names now.
+    pub fn block_offsets(&self) -> impl Iterator<Item = u64> + '_ {
+        self.table
+            .iter()
+            .map(|e| e & REFT_OFFSET_MASK)
+            .filter(|&o| o != 0)
+    }
+
+    /// The refcount blocks created since the last call.
+    pub fn take_new_blocks(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.new_blocks)
     }
 
     /// Whether frees wait for [`Allocator::apply_frees`].
@@ -211,7 +228,7 @@ impl Allocator {
 
     /// Sets the refcount of cluster `index`, creating its refcount block
     /// when there is none.
-    fn set_refcount(&mut self, storage: &dyn Storage, index: u64, value: u64) -> Result<()> {
+    pub fn set_refcount(&mut self, storage: &dyn Storage, index: u64, value: u64) -> Result<()> {
         let bb = self.block_bits();
         let bi = index >> bb;
         if self.block(storage, bi)?.is_none() {
@@ -290,6 +307,7 @@ impl Allocator {
 
     fn set_table_entry(&mut self, i: usize, value: u64) {
         self.table[i] = value;
+        self.new_blocks.push(value & REFT_OFFSET_MASK);
         self.table_dirty = Some(match self.table_dirty {
             Some((lo, hi)) => (lo.min(i), hi.max(i + 1)),
             None => (i, i + 1),
@@ -362,6 +380,7 @@ impl Allocator {
                 let offset = next << self.cluster_bits;
                 next += 1;
                 table[bi as usize] = offset;
+                self.new_blocks.push(offset);
                 self.blocks.insert(
                     bi,
                     Block {

@@ -64,7 +64,7 @@ const CHUNK_BITS: u32 = 12;
 
 /// Reference counts computed from the metadata, allocated in chunks on first
 /// use so that memory follows the metadata, not the file size.
-struct ComputedRefcounts {
+pub struct ComputedRefcounts {
     chunks: BTreeMap<u64, Box<[u32]>>,
     /// One past the highest cluster referenced (QEMU's in-memory table size
     /// grows to it).
@@ -74,7 +74,23 @@ struct ComputedRefcounts {
 }
 
 impl ComputedRefcounts {
-    fn get(&self, cluster: u64) -> u64 {
+    /// One past the highest cluster referenced.
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// The clusters with at least one reference, in order.
+    pub fn referenced(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.chunks.iter().flat_map(|(&k, c)| {
+            c.iter()
+                .enumerate()
+                .filter(|(_, &n)| n != 0)
+                .map(move |(i, &n)| ((k << CHUNK_BITS) + i as u64, u64::from(n)))
+        })
+    }
+
+    /// The references counted to `cluster`.
+    pub fn get(&self, cluster: u64) -> u64 {
         self.chunks.get(&(cluster >> CHUNK_BITS)).map_or(0, |c| {
             u64::from(c[(cluster & ((1 << CHUNK_BITS) - 1)) as usize])
         })
@@ -109,10 +125,50 @@ struct Checker<'a, 'd> {
     reftable: Vec<u64>,
     /// The last refcount block read: (offset, bytes).
     refblock_cache: Option<(u64, Vec<u8>)>,
+    /// Refcounts that differ from the references.
+    mismatches: Vec<Mismatch>,
+    /// The refcount structure itself is broken: only a rebuild repairs it.
+    rebuild: bool,
+}
+
+/// A cluster whose refcount on disk differs from its references.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mismatch {
+    /// Cluster index.
+    pub cluster: u64,
+    /// The refcount on disk.
+    pub on_disk: u64,
+    /// The references found.
+    pub computed: u64,
+}
+
+/// Everything a check found, for a repair to act on.
+pub struct Outcome {
+    /// The report as a read-only check gives it.
+    pub report: CheckReport,
+    /// Every refcount that differs from its references.
+    pub mismatches: Vec<Mismatch>,
+    /// A refcount block is missing or broken where references exist: the
+    /// refcount structure must be rebuilt (QEMU's rule).
+    pub rebuild: bool,
+    /// The references counted.
+    pub computed: ComputedRefcounts,
 }
 
 /// Runs a read-only check of the image described by `s`.
 pub fn check(s: &CheckSubject<'_>, diag: &mut dyn FnMut(&str)) -> Result<CheckReport> {
+    check_outcome(s, diag, false).map(|o| o.report)
+}
+
+/// Runs a read-only check and returns what a repair needs as well. For a
+/// repair (`repairing`), the COPIED flags are not checked when the refcount
+/// structure must be rebuilt: as QEMU, they are judged against the rebuilt
+/// refcounts.
+pub fn check_outcome(
+    s: &CheckSubject<'_>,
+    diag: &mut dyn FnMut(&str),
+    repairing: bool,
+) -> Result<Outcome> {
     let h = s.header;
     let cluster_bits = h.cluster_bits;
     let cluster_size = 1u64 << cluster_bits;
@@ -151,6 +207,8 @@ pub fn check(s: &CheckSubject<'_>, diag: &mut dyn FnMut(&str)) -> Result<CheckRe
         diag,
         reftable,
         refblock_cache: None,
+        mismatches: Vec::new(),
+        rebuild: false,
     };
     // Every v3 snapshot table entry must carry at least 16 bytes of extra
     // data (the 64-bit VM state size and the disk size).
@@ -164,9 +222,16 @@ pub fn check(s: &CheckSubject<'_>, diag: &mut dyn FnMut(&str)) -> Result<CheckRe
     }
     c.calculate_refcounts()?;
     let highest = c.compare_refcounts()?;
-    c.check_oflag_copied()?;
+    if !(repairing && c.rebuild) {
+        c.check_oflag_copied()?;
+    }
     c.report.image_end_offset = (highest + 1) << cluster_bits;
-    Ok(c.report)
+    Ok(Outcome {
+        report: c.report,
+        mismatches: c.mismatches,
+        rebuild: c.rebuild,
+        computed: c.refs,
+    })
 }
 
 impl Checker<'_, '_> {
@@ -466,12 +531,14 @@ impl Checker<'_, '_> {
                     "ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted"
                 ));
                 self.report.corruptions += 1;
+                self.rebuild = true;
                 continue;
             }
             let cluster = offset >> self.cluster_bits;
             if cluster >= file_clusters.max(self.refs.end) {
                 self.say(&format!("ERROR refcount block {i} is outside image"));
                 self.report.corruptions += 1;
+                self.rebuild = true;
                 continue;
             }
             if offset != 0 {
@@ -480,6 +547,7 @@ impl Checker<'_, '_> {
                 if n != 1 {
                     self.say(&format!("ERROR refcount block {i} refcount={n}"));
                     self.report.corruptions += 1;
+                    self.rebuild = true;
                 }
             }
         }
@@ -561,6 +629,14 @@ impl Checker<'_, '_> {
                     highest = i;
                 }
                 if on_disk != computed {
+                    self.mismatches.push(Mismatch {
+                        cluster: i,
+                        on_disk,
+                        computed,
+                    });
+                    if on_disk == 0 {
+                        self.rebuild = true;
+                    }
                     let what = if on_disk < computed {
                         "ERROR"
                     } else {

@@ -19,6 +19,12 @@ impl Qcow2 {
     /// a cluster that does not shrink is written as a normal cluster.
     pub(super) fn write_compressed_cluster(&self, buf: &[u8], offset: u64) -> Result<()> {
         let w = self.write_state()?;
+        if self.has_data_file {
+            return Err(Error::unsupported(format!(
+                "Cannot write compressed clusters to '{}': it has an external data file",
+                self.name()
+            )));
+        }
         let cs = self.header.cluster_size();
         let cb = self.header.cluster_bits;
         let tail = offset + buf.len() as u64 == self.disk_size();

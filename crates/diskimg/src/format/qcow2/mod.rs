@@ -26,6 +26,7 @@ pub mod l2_cache;
 pub mod l2_entry;
 mod range_lock;
 pub mod refcount;
+mod repair;
 mod resize;
 pub mod snapshot;
 #[cfg(test)]
@@ -227,7 +228,12 @@ impl Qcow2 {
                     }
                 }
                 let p = crate::chain::resolve_backing_path(path, &df).map_err(&wrap)?;
-                Arc::new(FileStorage::open(&p, OpenMode::ReadOnly).map_err(&wrap)?)
+                let mode = if opts.writable {
+                    OpenMode::ReadWrite
+                } else {
+                    OpenMode::ReadOnly
+                };
+                Arc::new(FileStorage::open(&p, mode).map_err(&wrap)?)
             } else {
                 Arc::new(UnopenedDataFile {
                     name: df,
@@ -293,10 +299,10 @@ impl Qcow2 {
             DEFAULT_L2_CACHE_MAX,
         );
         let mut write_refusal = None;
-        let writer = if opts.writable && !opts.for_check {
-            if has_data_file {
+        let writer = if opts.writable {
+            if has_data_file && !opts.open_data_file {
                 write_refusal = Some(format!(
-                    "writing qcow2 images with an external data file is not implemented yet ('{name}')"
+                    "'{name}' was opened without its external data file; it cannot be written"
                 ));
                 None
             } else {
@@ -305,7 +311,7 @@ impl Qcow2 {
         } else {
             None
         };
-        Ok(Qcow2 {
+        let q = Qcow2 {
             storage,
             data,
             has_data_file,
@@ -323,7 +329,14 @@ impl Qcow2 {
             writer,
             write_refusal,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-        })
+        };
+        if q.writer.is_some()
+            && !opts.for_check
+            && q.header.incompatible_features & INCOMPAT_DIRTY != 0
+        {
+            q.repair_dirty_on_open().map_err(&wrap)?;
+        }
+        Ok(q)
     }
 
     /// The decoded header.
@@ -392,7 +405,13 @@ impl Qcow2 {
             l1_offset: header.l1_table_offset,
             compressed_next: None,
         };
-        Ok(writer::WriteState::new(meta, protected))
+        let mut tables: std::collections::HashSet<u64> = l1
+            .iter()
+            .map(|e| e & OFFSET_MASK)
+            .filter(|&o| o != 0)
+            .collect();
+        tables.extend(meta.alloc.block_offsets());
+        Ok(writer::WriteState::new(meta, protected, tables))
     }
 
     /// The L2 table at `offset`, through the cache. The lock is not held
@@ -774,40 +793,83 @@ impl BlockDevice for Qcow2 {
 
     fn check(&self, repair: RepairMode, diagnostic: &mut dyn FnMut(&str)) -> Result<CheckReport> {
         if repair != RepairMode::None {
-            return Err(Error::unsupported(
-                "repairing qcow2 images (check -r) is not implemented yet",
-            ));
+            return self.repair(repair, diagnostic);
         }
-        // An open for check does not read the snapshot table (QEMU's
-        // BDRV_O_CHECK); the check reads it here, and a table that cannot be
-        // read ends the check.
-        let snapshots = if self.snapshots.is_empty() && self.header.nb_snapshots > 0 {
-            let h = &self.header;
-            let name = self.name();
-            if h.nb_snapshots > snapshot::MAX_SNAPSHOTS {
-                return Err(Error::invalid(format!(
-                    "snapshot table too large ({} snapshots in '{name}', at most {})",
-                    h.nb_snapshots,
-                    snapshot::MAX_SNAPSHOTS
-                )));
+        if let Some(w) = &self.writer {
+            // What the check reads must be on disk.
+            let mut m = w.meta.lock().unwrap_or_else(|e| e.into_inner());
+            self.flush_locked(&mut m)?;
+        }
+        let snapshots = self.snapshots_for_check()?;
+        let header = self.current_header();
+        check::check(&self.check_subject(&header, &snapshots), diagnostic)
+    }
+}
+
+impl Qcow2 {
+    /// The snapshot table as the check sees it. An open for check does not
+    /// read the snapshot table (QEMU's BDRV_O_CHECK); the check reads it
+    /// here, and a table that cannot be read ends the check.
+    pub(super) fn snapshots_for_check(&self) -> Result<Vec<Snapshot>> {
+        if !(self.snapshots.is_empty() && self.header.nb_snapshots > 0) {
+            return Ok(self.snapshots.clone());
+        }
+        let h = &self.header;
+        let name = self.name();
+        if h.nb_snapshots > snapshot::MAX_SNAPSHOTS {
+            return Err(Error::invalid(format!(
+                "snapshot table too large ({} snapshots in '{name}', at most {})",
+                h.nb_snapshots,
+                snapshot::MAX_SNAPSHOTS
+            )));
+        }
+        let bytes = u64::from(h.nb_snapshots) * 40;
+        if !h.snapshots_offset.is_multiple_of(h.cluster_size())
+            || h.snapshots_offset > i64::MAX as u64 - bytes
+        {
+            return Err(Error::invalid(format!(
+                "snapshot table offset invalid ({:#x} in '{name}', qcow2 header field snapshots_offset at offset 64)",
+                h.snapshots_offset
+            )));
+        }
+        snapshot::read_snapshots(self.storage.as_ref(), &self.header)
+    }
+
+    /// The header as it is on disk now: the writer may have moved the L1
+    /// and refcount tables and changed the size since the image was opened.
+    pub(super) fn current_header(&self) -> Header {
+        match &self.writer {
+            Some(w) => self.header_with(&w.meta.lock().unwrap_or_else(|e| e.into_inner())),
+            None => {
+                let mut h = self.header.clone();
+                h.size = self.size.load(Ordering::Acquire);
+                h
             }
-            let bytes = u64::from(h.nb_snapshots) * 40;
-            if !h.snapshots_offset.is_multiple_of(h.cluster_size())
-                || h.snapshots_offset > i64::MAX as u64 - bytes
-            {
-                return Err(Error::invalid(format!(
-                    "snapshot table offset invalid ({:#x} in '{name}', qcow2 header field snapshots_offset at offset 64)",
-                    h.snapshots_offset
-                )));
-            }
-            snapshot::read_snapshots(self.storage.as_ref(), &self.header)?
-        } else {
-            self.snapshots.clone()
-        };
-        let subject = check::CheckSubject {
+        }
+    }
+
+    /// [`Qcow2::current_header`] for a caller holding the metadata lock.
+    pub(super) fn header_with(&self, m: &writer::Meta) -> Header {
+        let mut h = self.header.clone();
+        h.size = self.size.load(Ordering::Acquire);
+        h.l1_table_offset = m.l1_offset;
+        h.l1_size = self.l1.read().unwrap_or_else(|e| e.into_inner()).len() as u32;
+        let (off, clusters) = m.alloc.table_location();
+        h.refcount_table_offset = off;
+        h.refcount_table_clusters = clusters as u32;
+        h.incompatible_features = m.incompat;
+        h
+    }
+
+    pub(super) fn check_subject<'a>(
+        &'a self,
+        header: &'a Header,
+        snapshots: &'a [Snapshot],
+    ) -> check::CheckSubject<'a> {
+        check::CheckSubject {
             storage: self.storage.as_ref(),
-            header: &self.header,
-            snapshots: &snapshots,
+            header,
+            snapshots,
             crypto: self.ext.crypto,
             bitmaps: self.ext.bitmaps,
             bitmap_tables: self
@@ -817,8 +879,7 @@ impl BlockDevice for Qcow2 {
                 .map(|b| (b.table_offset, u64::from(b.table_size)))
                 .collect(),
             has_data_file: self.has_data_file,
-        };
-        check::check(&subject, diagnostic)
+        }
     }
 }
 

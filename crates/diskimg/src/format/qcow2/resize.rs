@@ -52,10 +52,14 @@ impl Qcow2 {
                     self.set_l1_entry(&mut m, i as usize, 0);
                     self.cache.remove(off);
                     m.alloc.queue_free(off >> h.cluster_bits, 1);
+                    self.note_tables(&mut m, None, Some(off));
                 }
             }
             self.flush_locked(&mut m)?;
             self.write_size(size)?;
+            if self.has_data_file {
+                self.data.set_len(size)?;
+            }
             return Ok(());
         }
         if size == old {
@@ -76,11 +80,24 @@ impl Qcow2 {
                 self.grow_l1(&mut m, needed)?;
             }
         }
+        if self.has_data_file && self.data.len()? < size {
+            // The data file grows with the image (QEMU resizes both).
+            self.data.set_len(size)?;
+        }
         // Bytes of the old last cluster past the old end must read as zeros.
         let tail_end = old.div_ceil(cs) * cs;
         self.size.store(size, std::sync::atomic::Ordering::Release);
         if old < tail_end.min(size) {
             self.zero_range(old, tail_end.min(size) - old, false)?;
+        }
+        // A backing file that reaches into the new space must not show
+        // through it: that space reads as zeros (as QEMU's generic resize).
+        if let Some(b) = &self.backing {
+            let reach = b.size().min(size);
+            let from = tail_end.min(size);
+            if reach > from {
+                self.zero_range(from, reach - from, false)?;
+            }
         }
         if prealloc != Preallocation::Off {
             self.preallocate_clusters(w, tail_end.min(size), size, prealloc)?;
@@ -174,13 +191,17 @@ impl Qcow2 {
             let (entry, _) = self.entry_in(&table, l2_index);
             let ct = l2_entry::cluster_type(entry, ext, self.has_data_file);
             if matches!(ct, ClusterType::Unallocated | ClusterType::ZeroPlain) {
-                let (host, fresh) = m.alloc.allocate(self.storage.as_ref(), 1)?;
+                let (host, fresh) = if self.has_data_file {
+                    (pos, false)
+                } else {
+                    m.alloc.allocate(self.storage.as_ref(), 1)?
+                };
                 host_end = host_end.max(host + cs);
                 drop(m);
                 match mode {
                     Preallocation::Full => self.write_zeros_at(host, cs)?,
                     Preallocation::Falloc => {
-                        self.storage.allocate(host, cs)?;
+                        self.data.allocate(host, cs)?;
                         if !fresh {
                             self.write_zeros_at(host, cs)?;
                         }
@@ -204,13 +225,13 @@ impl Qcow2 {
         }
         // The file covers every cluster the tables now name (QEMU's check
         // counts clusters past the end of the file as errors).
-        if self.storage.len()? < host_end {
+        if !self.has_data_file && self.storage.len()? < host_end {
             self.storage.set_len(host_end)?;
         }
         Ok(())
     }
 
     fn write_zeros_at(&self, host: u64, len: u64) -> Result<()> {
-        crate::format::create::write_zeros(self.storage.as_ref(), host, len)
+        crate::format::create::write_zeros(self.data.as_ref(), host, len)
     }
 }

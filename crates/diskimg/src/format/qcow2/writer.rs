@@ -23,6 +23,7 @@
 //! worst case is leaked clusters. Guest data written before a successful
 //! flush is durable after it.
 
+use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard, RwLock};
 
 use super::allocator::Allocator;
@@ -47,10 +48,14 @@ pub(super) struct WriteState {
     /// Host ranges guest data must never be written to: the header
     /// cluster, the L1 table, the refcount table, the snapshot table.
     pub(super) protected: RwLock<Vec<(u64, u64)>>,
+    /// Host offsets of the active L2 tables and of the refcount blocks:
+    /// guest data must not be written there either (QEMU's default overlap
+    /// check covers the same structures).
+    pub(super) tables: RwLock<HashSet<u64>>,
 }
 
 /// Metadata state changed under the metadata lock.
-pub(super) struct Meta {
+pub(in crate::format) struct Meta {
     pub(super) alloc: Allocator,
     /// L1 entries `[lo, hi)` changed since the last write-back.
     pub(super) l1_dirty: Option<(usize, usize)>,
@@ -83,11 +88,12 @@ enum Source {
 }
 
 impl WriteState {
-    pub(super) fn new(meta: Meta, protected: Vec<(u64, u64)>) -> Self {
+    pub(super) fn new(meta: Meta, protected: Vec<(u64, u64)>, tables: HashSet<u64>) -> Self {
         WriteState {
             meta: Mutex::new(meta),
             ranges: RangeLocks::default(),
             protected: RwLock::new(protected),
+            tables: RwLock::new(tables),
         }
     }
 }
@@ -193,6 +199,16 @@ impl Qcow2 {
                 .find(|&&(s, l)| host < s.saturating_add(l) && s < host.saturating_add(len))
                 .copied()
         };
+        let cs = self.header.cluster_size();
+        let hit = hit.or_else(|| {
+            let t = w.tables.read().unwrap_or_else(|e| e.into_inner());
+            let first = host & !(cs - 1);
+            let end = host.saturating_add(len);
+            (first..end)
+                .step_by(cs as usize)
+                .find(|c| t.contains(c))
+                .map(|c| (c, cs))
+        });
         if let Some((s, _)) = hit {
             let mut m = w.meta.lock().unwrap_or_else(|e| e.into_inner());
             return Err(self.mark_corrupt(
@@ -206,7 +222,10 @@ impl Qcow2 {
     }
 
     pub(super) fn write_data(&self, w: &WriteState, buf: &[u8], host: u64) -> Result<()> {
-        self.check_overlap(w, host, buf.len() as u64)?;
+        // Guest data in an external data file cannot hit the metadata.
+        if !self.has_data_file {
+            self.check_overlap(w, host, buf.len() as u64)?;
+        }
         self.data.write_at(buf, host)
     }
 
@@ -229,6 +248,18 @@ impl Qcow2 {
                 None => (index, index + 1),
             });
         }
+    }
+
+    /// Records metadata clusters for the overlap check: a new active L2
+    /// table, one that stopped being active, and new refcount blocks.
+    pub(super) fn note_tables(&self, m: &mut Meta, added: Option<u64>, removed: Option<u64>) {
+        let Some(w) = &self.writer else { return };
+        let mut t = w.tables.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = removed {
+            t.remove(&r);
+        }
+        t.extend(added);
+        t.extend(m.alloc.take_new_blocks());
     }
 
     /// Makes the L2 table for L1 index `l1_index` exclusive to the active
@@ -255,6 +286,7 @@ impl Qcow2 {
             self.cache
                 .store_dirty(new, L2Table::from(vec![0u64; entries]));
             self.set_l1(m, i, new | OFLAG_COPIED);
+            self.note_tables(m, Some(new), None);
             return Ok(new);
         }
         if off & (cs - 1) != 0 {
@@ -283,6 +315,7 @@ impl Qcow2 {
         self.cache.store_dirty(new, table);
         self.set_l1(m, i, new | OFLAG_COPIED);
         m.alloc.queue_free(off >> cb, 1);
+        self.note_tables(m, Some(new), Some(off));
         Ok(new)
     }
 
@@ -468,18 +501,27 @@ impl Qcow2 {
             let ct = l2_entry::cluster_type(entry, ext, self.has_data_file);
             let host = entry & OFFSET_MASK;
             if matches!(ct, ClusterType::Normal | ClusterType::ZeroAlloc) && host & (cs - 1) != 0 {
-                return Err(self.corrupt(format!(
-                    "Cluster allocation offset {host:#x} unaligned (L2 offset: {l2off:#x}, L2 index: {l2_index:#x}, guest offset {g:#x})"
-                )));
+                return Err(self.mark_corrupt(
+                    &mut m,
+                    format!(
+                        "Cluster allocation offset {host:#x} unaligned (L2 offset: {l2off:#x}, L2 index: {l2_index:#x}, guest offset {g:#x})"
+                    ),
+                ));
             }
             slots.push((l2off, l2_index, entry));
         }
-        let (host, _) = m.alloc.allocate(self.storage.as_ref(), k)?;
+        let host = if self.has_data_file {
+            pos
+        } else {
+            m.alloc.allocate(self.storage.as_ref(), k)?.0
+        };
         drop(m);
         let io = self.write_data(w, data, host);
         let mut m = w.meta.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = io {
-            m.alloc.queue_free(host >> cb, k);
+            if !self.has_data_file {
+                m.alloc.queue_free(host >> cb, k);
+            }
             return Err(e);
         }
         let bitmap = if ext {
@@ -535,9 +577,12 @@ impl Qcow2 {
             ))
         };
         if matches!(ct, ClusterType::Normal | ClusterType::ZeroAlloc) && old_host & (cs - 1) != 0 {
-            return Err(fail(&format!(
-                "Cluster allocation offset {old_host:#x} unaligned"
-            )));
+            return Err(self.mark_corrupt(
+                &mut m,
+                format!(
+                    "Cluster allocation offset {old_host:#x} unaligned (L2 offset: {l2off:#x}, L2 index: {l2_index:#x}, guest offset {gcluster:#x})"
+                ),
+            ));
         }
         if matches!(ct, ClusterType::ZeroAlloc | ClusterType::ZeroPlain) && h.version < 3 {
             return Err(fail("Zero cluster entry found in pre-v3 image"));
@@ -562,12 +607,12 @@ impl Qcow2 {
             (old_host, false)
         } else {
             if self.has_data_file {
-                return Err(Error::unsupported(format!(
-                    "allocating clusters in the external data file of '{}' is not implemented yet",
-                    self.name()
-                )));
+                // Data clusters in an external data file sit at their guest
+                // offset and are not refcounted (as QEMU lays them out).
+                (gcluster, false)
+            } else {
+                m.alloc.allocate(self.storage.as_ref(), 1)?
             }
-            m.alloc.allocate(self.storage.as_ref(), 1)?
         };
         drop(m);
 
@@ -581,7 +626,7 @@ impl Qcow2 {
         let materialized = match io {
             Ok(mask) => mask,
             Err(e) => {
-                if !reuse {
+                if !reuse && !self.has_data_file {
                     m.alloc.queue_free(host >> cb, 1);
                 }
                 return Err(e);
@@ -730,6 +775,7 @@ impl Qcow2 {
     pub(super) fn flush_locked(&self, m: &mut Meta) -> Result<()> {
         let st = self.storage.as_ref();
         let mut sync = || self.sync();
+        self.note_tables(m, None, None);
         // 1. Refcount blocks, then table entries (a sync between, inside).
         m.alloc.write_back(st, &mut sync)?;
         if m.alloc.take_table_moved() {
@@ -862,9 +908,11 @@ impl Qcow2 {
                     run_end += cs;
                 }
                 self.set_clusters(w, pos, run_end, Update::Zero { unmap })?;
+                self.zero_data_file(pos, run_end)?;
                 pos = run_end;
             } else {
                 self.zero_subclusters(w, pos, cend)?;
+                self.zero_data_file(pos, cend)?;
                 pos = cend;
             }
         }
@@ -881,6 +929,19 @@ impl Qcow2 {
             end & !(unit - 1)
         };
         (a, b)
+    }
+
+    /// With an external data file, makes `[a, b)` of it read as zeros too,
+    /// so that a raw data file (data_file_raw) stays the guest's image.
+    fn zero_data_file(&self, a: u64, b: u64) -> Result<()> {
+        if !self.has_data_file {
+            return Ok(());
+        }
+        let end = b.min(self.data.len()?);
+        if a < end {
+            self.data.punch_hole(a, end - a)?;
+        }
+        Ok(())
     }
 
     /// Writes real zeros, in bounded requests.
@@ -945,7 +1006,8 @@ impl Qcow2 {
         if a >= b {
             return Ok(());
         }
-        self.set_clusters(w, a, b, Update::Discard)
+        self.set_clusters(w, a, b, Update::Discard)?;
+        self.zero_data_file(a, b)
     }
 
     /// Drops the entries of the whole clusters `[a, b)`, freeing their space.
