@@ -14,6 +14,7 @@ See scripts/README.md.
 import argparse
 import os
 import random
+import re
 import resource
 import shutil
 import statistics
@@ -187,13 +188,25 @@ def same_image(a, b):
 
 
 class Workload:
-    def __init__(self, name, desc, args, output=None, stdout=False, image=False):
+    def __init__(self, name, desc, args, output=None, stdout=False, prepare=None, run_time=False,
+                 verify=None, image=False):
         self.name = name
         self.desc = desc
-        self.args = args          # argv after the program name; "{out}" = output path
+        self.args = args          # argv after the program name; "{out}" = output path, "{img}" = prepared image
         self.output = output      # output file name pattern (convert)
         self.stdout = stdout      # compare stdout (map)
         self.image = image        # outputs are images: compare guest bytes, report sizes
+        self.prepare = prepare    # prepare(who) -> image path, run untimed before every run (bench -w)
+        self.run_time = run_time  # time = the "Run completed in S seconds." figure (bench), stdout compared masked
+        self.verify = verify      # verify(image_qemu, image_diskimg) -> None or a problem, once
+
+
+RUN_COMPLETED = re.compile(rb"^Run completed in ([0-9]+\.[0-9]+) seconds\.$", re.M)
+
+
+def masked(path):
+    with open(path, "rb") as f:
+        return RUN_COMPLETED.sub(b"Run completed in T seconds.", f.read())
 
 
 def bench(work, diskimg, qemu_img, rounds):
@@ -205,11 +218,19 @@ def bench(work, diskimg, qemu_img, rounds):
         order = [("qemu-img", q), ("diskimg", d)] if rnd % 2 == 0 else [("diskimg", d), ("qemu-img", q)]
         for who, prog in order:
             out = os.path.join(cwd, f"out.{who}") if w.output else None
-            argv = [prog] + [a.replace("{out}", out or "") for a in w.args]
-            sout = os.path.join(cwd, f"stdout.{who}") if w.stdout else None
+            img = w.prepare(who) if w.prepare else ""
+            argv = [prog] + [a.replace("{out}", out or "").replace("{img}", img) for a in w.args]
+            sout = os.path.join(cwd, f"stdout.{who}") if (w.stdout or w.run_time) else None
             if out and os.path.exists(out):
                 os.remove(out)
             rc, wall, rss, err = measure(argv, cwd, sout)
+            if rc == 0 and w.run_time:
+                with open(sout, "rb") as f:
+                    m = RUN_COMPLETED.search(f.read())
+                if m:
+                    wall = float(m.group(1))
+                elif who == "diskimg":
+                    res["status"] = "diskimg printed no 'Run completed' line"
             if rc != 0:
                 if who == "qemu-img":
                     sys.exit(f"bench: qemu-img failed on {w.name} (rc {rc}): {err[:1000]}")
@@ -232,6 +253,12 @@ def bench(work, diskimg, qemu_img, rounds):
                 res["status"] = "diskimg output DIFFERS from qemu-img's"
             if w.stdout and not same_file(os.path.join(cwd, "stdout.qemu-img"), os.path.join(cwd, "stdout.diskimg")):
                 res["status"] = "diskimg stdout DIFFERS from qemu-img's"
+            if w.run_time and masked(os.path.join(cwd, "stdout.qemu-img")) != masked(os.path.join(cwd, "stdout.diskimg")):
+                res["status"] = "diskimg report DIFFERS from qemu-img's"
+            if w.verify and res["status"] == "ok":
+                problem = w.verify(w.prepare("qemu-img", fresh=False), w.prepare("diskimg", fresh=False))
+                if problem:
+                    res["status"] = problem
         for who in ("qemu-img", "diskimg"):
             for f in (f"out.{who}",):
                 p = os.path.join(cwd, f)
@@ -255,7 +282,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--keep", action="store_true", help="keep the work directory (images are reused next time)")
     ap.add_argument("--diskimg", help="use this diskimg binary instead of building target/release/diskimg")
-    ap.add_argument("--only", help="comma-separated workloads: a,b,c (default all)")
+    ap.add_argument("--only", help="comma-separated workloads: a,b,c,d (default all); "
+                    "d = every bench workload, or single ones such as d-read-seq-1-raw")
     ap.add_argument("--quick", action="store_true", help="1/16 sizes, to check the script itself")
     args = ap.parse_args()
 
@@ -263,7 +291,7 @@ def main():
         need(t)
     qemu_img = shutil.which("qemu-img")
     scale = 16 if args.quick else 1
-    only = set((args.only or "a,b,c,d,e,f").split(","))
+    only = set((args.only or "a,b,c,d,e,f,g").split(","))
 
     if args.diskimg:
         diskimg = os.path.abspath(args.diskimg)
@@ -291,6 +319,17 @@ def main():
             log(f"  built in {time.time() - t0:.1f} s, {os.path.getsize(path) / MIB:.0f} MiB file")
         return path
 
+    def ready_file(path, builder):
+        if not os.path.exists(path + ".done"):
+            log(f"building {os.path.basename(path)}")
+            t0 = time.time()
+            if os.path.exists(path):
+                os.remove(path)
+            builder(path)
+            open(path + ".done", "w").close()
+            log(f"  built in {time.time() - t0:.1f} s")
+        return path
+
     loads = []
     if "a" in only:
         p = ready("scattered-4g", lambda p: build_scattered(p, 4 * GIB // scale, 1))
@@ -310,12 +349,12 @@ def main():
             loads.append(Workload(f"e convert -c 1G text {ct}", "",
                                   ["convert", "-c", "-m", "16", "-W", "-f", "raw", "-O", "qcow2",
                                    "-o", f"compression_type={ct}", raw, "{out}"], output=True, image=True))
-    if "d" in only:
+    if "g" in only:
         src = ready("scattered-4g", lambda p: build_scattered(p, 4 * GIB // scale, 1))
         raw4 = os.path.join(work, f"scattered-4g.{tag}.raw")
         if not os.path.exists(raw4):
             run(["qemu-img", "convert", "-O", "raw", src, raw4])
-        loads.append(Workload("d convert 4G sparse raw -> qcow2", "",
+        loads.append(Workload("g convert 4G sparse raw -> qcow2", "",
                               ["convert", "-m", "16", "-W", "-f", "raw", "-O", "qcow2", raw4, "{out}"],
                               output=True, image=True))
     if "f" in only:
@@ -326,6 +365,8 @@ def main():
     if "c" in only:
         p = ready("map-64g", lambda p: build_many_clusters(p, 64 * GIB // scale, 250_000 // scale, 3))
         loads.append(Workload("c map 64G 250k clusters", "", ["map", "--output=json", p], stdout=True))
+
+    loads += bench_workloads(work, tag, scale, only, ready_file)
 
     rows = []
     for w in loads:
@@ -361,6 +402,86 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
     failed = [r for r in rows if not r[-1].startswith("ok")]
     return 1 if failed else 0
+
+
+# --- bench workloads (d): diskimg bench vs qemu-img bench --------------------------------
+
+BENCH_SIZE = 512 * MIB
+# "Random" 4 KiB requests: a step of a prime number of blocks, so request i
+# lands at (i * step) % size, visiting the blocks of the image in a
+# scrambled order (qemu-img bench has no random mode; both programs get the
+# same argument and so the same offsets).
+RANDOM_STEP = 7919 * 4096
+BENCH_IMAGES = {
+    # name: (format, qemu-img create/convert options)
+    "raw": ("raw", []),
+    "qcow2": ("qcow2", []),
+    "qcow2-prealloc": ("qcow2", ["-o", "preallocation=metadata"]),
+}
+
+
+def build_random_raw(path, size):
+    with open(path + ".tmp", "wb") as f:
+        for _ in range(size // MIB):
+            f.write(os.urandom(MIB))
+    os.rename(path + ".tmp", path)
+
+
+def bench_workloads(work, tag, scale, only, ready_file):
+    """4 KiB sequential and random reads and writes at depth 1 and 64 on raw,
+    qcow2 and qcow2 with preallocation=metadata. Reads go to images full of
+    data; every write run gets a fresh image (made untimed before the run).
+    The figure is the `Run completed in` time each program reports."""
+    names = []
+    for op in ("read", "write"):
+        for pat in ("seq", "rand"):
+            for depth in (1, 64):
+                for img in BENCH_IMAGES:
+                    names.append((f"d-{op}-{pat}-{depth}-{img}", op, pat, depth, img))
+    wanted = [n for n in names if "d" in only or n[0] in only]
+    if not wanted:
+        return []
+    size = BENCH_SIZE // scale
+    count = str(50000 // scale)
+    data = None
+    if any(n[1] == "read" for n in wanted):
+        data = ready_file(os.path.join(work, f"bench-data.{tag}.raw"), lambda p: build_random_raw(p, size))
+    loads = []
+    for name, op, pat, depth, img in wanted:
+        fmt, opts = BENCH_IMAGES[img]
+        step = "4096" if pat == "seq" else str(RANDOM_STEP)
+        args = ["bench", "-f", fmt, "-c", count, "-d", str(depth), "-s", "4096", "-S", step]
+        if op == "read":
+            if fmt == "raw":
+                path = data
+            else:
+                path = ready_file(os.path.join(work, f"bench-read-{img}.{tag}.qcow2"),
+                                  lambda p, opts=opts: run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2"]
+                                                           + opts + [data, p]))
+            loads.append(Workload(name, "", args + [path], run_time=True))
+        else:
+            def prepare(who, fresh=True, fmt=fmt, opts=opts, img=img):
+                path = os.path.join(work, f"bench-write-{img}.{who}.{fmt}")
+                if fresh:
+                    if os.path.exists(path):
+                        os.remove(path)
+                    run(["qemu-img", "create", "-q", "-f", fmt] + opts + [path, str(size)])
+                return path
+
+            def verify(q_img, d_img, fmt=fmt):
+                r = subprocess.run(["qemu-img", "compare", "-f", fmt, "-F", fmt, q_img, d_img],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                if r.returncode != 0:
+                    return "diskimg's image DIFFERS from qemu-img's: " + r.stdout.decode(errors="replace")[:100]
+                if fmt == "qcow2":
+                    r = subprocess.run(["qemu-img", "check", d_img], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                    if r.returncode != 0:
+                        return "qemu-img check FAILS on diskimg's image: " + r.stdout.decode(errors="replace")[:100]
+                return None
+
+            loads.append(Workload(name, "", args + ["-w", "--pattern", "90", "{img}"], prepare=prepare,
+                                  run_time=True, verify=verify))
+    return loads
 
 
 args_dir = None

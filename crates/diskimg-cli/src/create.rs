@@ -176,7 +176,7 @@ const FILE_OPTS: &[OptDesc] = &[
 const RAW_OPTS: &[OptDesc] = &[("size", Kind::Size, "Virtual disk size")];
 
 /// QEMU's block driver names (QAPI BlockdevDriver), accepted as backing_fmt.
-const QEMU_DRIVERS: &[&str] = &[
+pub(crate) const QEMU_DRIVERS: &[&str] = &[
     "blkdebug",
     "blklogwrites",
     "blkreplay",
@@ -320,10 +320,13 @@ fn parse_num(v: &str) -> Option<u64> {
 
 /// A parsed `-o` value: the text printed in the Formatting line and, for
 /// typed options, the value.
-struct OptVal {
-    shown: String,
-    num: u64,
-    flag: bool,
+pub(crate) struct OptVal {
+    /// The value as QemuOpts prints it.
+    pub(crate) shown: String,
+    /// The value of a number or size option.
+    pub(crate) num: u64,
+    /// The value of a bool option.
+    pub(crate) flag: bool,
 }
 
 /// Prints `FILE: msg` and returns 1.
@@ -536,10 +539,15 @@ impl ParsedOpts {
     }
 }
 
-/// Checks `-o` options (split already) against the options of `format`;
-/// what diskimg does not implement is refused here, before anything happens.
-fn parse_opts(format: Format, opts: &[(String, String, bool)]) -> Result<ParsedOpts, String> {
-    // Option names and types.
+/// Types the `-o` options against the format's and the file protocol's
+/// option lists (QemuOpts parsing): unknown names and values of the wrong
+/// type are refused with QEMU's message; the last of a repeated option wins.
+/// Nothing is refused for not being implemented (measure accepts and
+/// ignores options create refuses).
+pub(crate) fn typed_options(
+    format: Format,
+    opts: &[(String, String, bool)],
+) -> Result<Vec<(&'static str, OptVal)>, String> {
     let mut descs: Vec<OptDesc> = if format == Format::Qcow2 {
         QCOW2_OPTS.to_vec()
     } else {
@@ -595,6 +603,14 @@ fn parse_opts(format: Format, opts: &[(String, String, bool)]) -> Result<ParsedO
         vals.retain(|(n, _)| *n != name);
         vals.push((name, val));
     }
+
+    Ok(vals)
+}
+
+/// Checks `-o` options (split already) against the options of `format`;
+/// what diskimg does not implement is refused here, before anything happens.
+fn parse_opts(format: Format, opts: &[(String, String, bool)]) -> Result<ParsedOpts, String> {
+    let vals = typed_options(format, opts)?;
 
     // What diskimg does not implement is refused before anything happens.
     for (name, v) in &vals {

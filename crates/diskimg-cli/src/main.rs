@@ -5,14 +5,17 @@
 //! as `qemu-io` / `qemu-nbd` it stands for `diskimg io` / `diskimg serve`.
 
 mod args;
+mod bench;
 mod check;
 mod compare;
 mod convert;
 mod create;
 mod ctx;
+mod dd;
 mod info;
 mod io;
 mod map;
+mod measure;
 mod open;
 mod progress;
 mod qjson;
@@ -26,9 +29,7 @@ use ctx::{Ctx, Persona};
 const VERSION_QEMU: &str = "10.0.2";
 
 /// qemu-img's commands that diskimg does not implement yet.
-const LATER: &[&str] = &[
-    "amend", "bench", "bitmap", "commit", "dd", "measure", "rebase", "snapshot",
-];
+const LATER: &[&str] = &["amend", "bitmap", "commit", "rebase", "snapshot"];
 
 /// Prints the version. Under the qemu-img name the first line carries the
 /// qemu-img version whose behaviour diskimg follows, since scripts parse
@@ -58,12 +59,15 @@ Standard options:
 
 Recognized commands (run {p} COMMAND --help for command-specific help):
 
+  bench - Run a simple image benchmark
   check - Check basic image integrity (read-only: -r is not implemented yet)
   compare - Check if two images have the same contents
   convert - Copy one image to another (raw targets)
   create - Create a new disk image (qcow2, raw)
+  dd - Copy input to output with optional format conversion
   info - Display information about image
   map - Dump image metadata
+  measure - Calculate file size required for a new image
 {extra}
 Not implemented yet: {later}.
 
@@ -175,6 +179,9 @@ fn run(ctx: &Ctx, argv: &[OsString], diskimg_words: bool) -> i32 {
         "compare" => compare::run(ctx, rest),
         "check" => check::run(ctx, rest),
         "create" => create::run(ctx, rest),
+        "measure" => measure::run(ctx, rest),
+        "dd" => dd::run(ctx, rest),
+        "bench" => bench::run(ctx, rest),
         "io" if diskimg_words => io::run(ctx, rest),
         "serve" if diskimg_words => {
             not_implemented(ctx.prog, "diskimg serve", "the qemu-nbd drop-in")

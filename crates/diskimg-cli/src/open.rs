@@ -76,6 +76,10 @@ fn parse_format(path: &OsStr, fmt: Option<&str>) -> Result<Option<Format>, Strin
 
 fn open_with(path: &OsStr, opts: &OpenOptions) -> Result<Arc<dyn BlockDevice>, String> {
     let shown = path.to_string_lossy();
+    if shown.is_empty() {
+        // QEMU's file driver refuses an empty name before any system call.
+        return Err("Could not open '': The 'file' block driver requires a file name".to_string());
+    }
     diskimg::open(path, opts).map_err(|e| {
         let m = e.message();
         // qemu-img puts "Could not open 'F': " before the driver's message.

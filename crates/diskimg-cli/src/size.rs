@@ -103,6 +103,38 @@ pub fn parse_size(s: &str) -> Result<u64, SizeError> {
     Ok(val as u64)
 }
 
+/// A number as qemu-img's `cvtnum` reads a count (QEMU's `qemu_strtou64`,
+/// base 0: `0x` hexadecimal, a leading `0` octal, no unit): `Range` for a
+/// value that is negative or above `i64::MAX`.
+pub fn parse_number(v: &str) -> Result<u64, SizeError> {
+    let t = v.trim_start_matches(|c: char| c.is_ascii_whitespace());
+    let (neg, t) = match t.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, t.strip_prefix('+').unwrap_or(t)),
+    };
+    let parsed = if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        if h.is_empty() || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(SizeError::Invalid);
+        }
+        u64::from_str_radix(h, 16).map_err(|_| SizeError::Range)
+    } else if t.len() > 1 && t.starts_with('0') {
+        if !t.chars().all(|c| ('0'..='7').contains(&c)) {
+            return Err(SizeError::Invalid);
+        }
+        u64::from_str_radix(&t[1..], 8).map_err(|_| SizeError::Range)
+    } else {
+        if t.is_empty() || !t.chars().all(|c| c.is_ascii_digit()) {
+            return Err(SizeError::Invalid);
+        }
+        t.parse::<u64>().map_err(|_| SizeError::Range)
+    };
+    let n = parsed?;
+    if (neg && n != 0) || n > i64::MAX as u64 {
+        return Err(SizeError::Range);
+    }
+    Ok(n)
+}
+
 /// Formats `v` as C's `printf("%0.3g", v)`.
 pub fn fmt_g3(v: f64) -> String {
     if v == 0.0 {

@@ -8,11 +8,31 @@
 
 use std::sync::{Condvar, Mutex};
 
+/// Number of wait queues; a waiter waits on the queue of the range that
+/// blocks it, so a release wakes only the requests waiting for that range
+/// (and the few that share its queue), not every waiting request.
+const QUEUES: usize = 64;
+
 /// The set of locked ranges.
-#[derive(Default)]
 pub struct RangeLocks {
     held: Mutex<Vec<(u64, u64)>>,
-    released: Condvar,
+    released: [Condvar; QUEUES],
+}
+
+impl Default for RangeLocks {
+    fn default() -> Self {
+        RangeLocks {
+            held: Mutex::new(Vec::new()),
+            released: std::array::from_fn(|_| Condvar::new()),
+        }
+    }
+}
+
+/// The wait queue of a held range, by its start.
+fn queue(range: (u64, u64)) -> usize {
+    // Ranges start on cluster boundaries: mix the bits above the smallest
+    // cluster size so neighbouring clusters use different queues.
+    ((range.0 >> 9).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % QUEUES
 }
 
 /// A locked range; unlocked on drop.
@@ -25,8 +45,10 @@ impl RangeLocks {
     /// Locks `[start, end)`, waiting while an overlapping range is held.
     pub fn lock(&self, start: u64, end: u64) -> RangeGuard<'_> {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        while held.iter().any(|&(s, e)| s < end && start < e) {
-            held = self.released.wait(held).unwrap_or_else(|e| e.into_inner());
+        while let Some(&blocker) = held.iter().find(|&&(s, e)| s < end && start < e) {
+            held = self.released[queue(blocker)]
+                .wait(held)
+                .unwrap_or_else(|e| e.into_inner());
         }
         held.push((start, end));
         RangeGuard {
@@ -43,7 +65,7 @@ impl Drop for RangeGuard<'_> {
             held.swap_remove(i);
         }
         drop(held);
-        self.locks.released.notify_all();
+        self.locks.released[queue(self.range)].notify_all();
     }
 }
 
