@@ -223,6 +223,11 @@ def bench(work, diskimg, qemu_img, rounds):
             sout = os.path.join(cwd, f"stdout.{who}") if (w.stdout or w.run_time) else None
             if out and os.path.exists(out):
                 os.remove(out)
+            # Untimed: write back the dirty pages the previous run left, so
+            # no run pays for the other program's output (measured: a 1.6 GiB
+            # qcow2 written just before made the next convert 5-10x slower,
+            # whichever program ran it).
+            os.sync()
             rc, wall, rss, err = measure(argv, cwd, sout)
             if rc == 0 and w.run_time:
                 with open(sout, "rb") as f:
