@@ -179,6 +179,56 @@ impl Judge<'_> {
         ok
     }
 
+    /// The write path on a copy of the image: writes, zero writes and
+    /// discards through `io`, a repair, a resize. Whatever the answer (a
+    /// hostile image may well be refused or marked corrupt), diskimg must not
+    /// panic, hang or exceed its memory bound.
+    fn writes(&mut self) {
+        let copy = format!("w.{}", self.img);
+        if std::fs::copy(self.dir.join(self.img), self.dir.join(&copy)).is_err() {
+            return;
+        }
+        let runs: [&[&str]; 3] = [
+            &[
+                "io",
+                "-c",
+                "write -P 1 0 64k",
+                "-c",
+                "write -P 2 1M 5k",
+                "-c",
+                "write -z 2M 64k",
+                "-c",
+                "discard 0 64k",
+                "-c",
+                "flush",
+                &copy,
+            ],
+            &["check", "-r", "all", &copy],
+            &["resize", &copy, "+1M"],
+        ];
+        for args in runs {
+            let what = format!("{} (on a copy)", args.join(" "));
+            let d = run_in(self.dir, &diskimg(), args, DISKIMG_LIMITS);
+            let err = d.err();
+            if d.timed_out {
+                self.fails
+                    .push(format!("{what}: hung (killed after {TIMEOUT:?})"));
+            } else if err.contains("panicked") || d.code == Some(101) {
+                self.fails.push(format!("{what}: PANIC: {}", d.describe()));
+            } else if let Some(sig) = d.signal {
+                self.fails
+                    .push(format!("{what}: killed by signal {sig}: {}", d.describe()));
+            }
+            if d.peak_rss_kib > MAX_RSS_KIB {
+                self.fails.push(format!(
+                    "{what}: peak RSS {} MiB exceeds 200 MiB",
+                    d.peak_rss_kib / 1024
+                ));
+            }
+        }
+        let _ = std::fs::remove_file(self.dir.join(&copy));
+    }
+
     /// A refusal: non-zero rc, exactly one stderr line naming a file.
     fn refusal_problem(&self, d: &Outcome, kind: Kind) -> Option<String> {
         let rc_ok = match kind {
@@ -397,6 +447,7 @@ fn judge_image(dir: &Path, img: &str, names: &[String]) -> Vec<String> {
     j.check(false);
     j.check(true);
     let _ = std::fs::remove_file(dir.join("ref.raw"));
+    j.writes();
     j.fails
 }
 
