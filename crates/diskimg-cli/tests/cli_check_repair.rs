@@ -121,3 +121,41 @@ fn low_refcounts_are_fixed_and_zero_refcounts_rebuilt() {
     let c = s.qemu(&["compare", "d.qcow2", "q.qcow2"]);
     assert_eq!(c.rc, 0, "{c:?}");
 }
+
+/// Clears (or sets) the COPIED flag of L2 entry 0 or of L1 entry 0.
+fn flip_copied(s: &Scratch, name: &str, l1: bool) {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(s.path(name))
+        .unwrap();
+    let mut h = [0u8; 104];
+    f.read_exact_at(&mut h, 0).unwrap();
+    let l1_off = u64::from_be_bytes(h[40..48].try_into().unwrap());
+    let mut e = [0u8; 8];
+    f.read_exact_at(&mut e, l1_off).unwrap();
+    let l1_entry = u64::from_be_bytes(e);
+    let at = if l1 {
+        l1_off
+    } else {
+        l1_entry & 0x00ff_ffff_ffff_fe00
+    };
+    f.read_exact_at(&mut e, at).unwrap();
+    let flipped = u64::from_be_bytes(e) ^ (1 << 63);
+    f.write_all_at(&flipped.to_be_bytes(), at).unwrap();
+}
+
+#[test]
+fn copied_flags_are_repaired_like_qemu_img() {
+    for l1 in [false, true] {
+        let s = Scratch::new();
+        pair(&s, &|n| {
+            flip_copied(&s, n, l1);
+            set_refcount(&s, n, 8, 1);
+        });
+        run_both(&s, &["check", "IMG"]);
+        run_both(&s, &["check", "-r", "leaks", "IMG"]);
+        run_both(&s, &["check", "-r", "all", "IMG"]);
+        run_both(&s, &["check", "IMG"]);
+    }
+}

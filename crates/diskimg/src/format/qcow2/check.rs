@@ -142,6 +142,41 @@ pub struct Mismatch {
     pub computed: u64,
 }
 
+/// An active L1 or L2 entry whose COPIED flag disagrees with the refcount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopiedMismatch {
+    /// The L1 index (of the entry, or of the table holding the L2 entry).
+    pub l1_index: u64,
+    /// That L1 entry.
+    pub l1_entry: u64,
+    /// For a data cluster: the L2 table's offset, the index and the entry.
+    pub l2: Option<(u64, usize, u64)>,
+    /// The refcount of the cluster the entry points to.
+    pub refcount: u64,
+}
+
+impl CopiedMismatch {
+    /// QEMU's diagnostic line, starting with `what` ("ERROR", "Repairing").
+    pub fn describe(&self, what: &str) -> String {
+        match self.l2 {
+            None => format!(
+                "{what} OFLAG_COPIED L2 cluster: l1_index={} l1_entry={:x} refcount={}",
+                self.l1_index, self.l1_entry, self.refcount
+            ),
+            Some((_, _, entry)) => format!(
+                "{what} OFLAG_COPIED data cluster: l2_entry={entry:x} refcount={}",
+                self.refcount
+            ),
+        }
+    }
+}
+
+/// The COPIED flags that disagree with the refcounts on disk (for a
+/// repair, after the refcounts were fixed).
+pub fn copied_mismatches(s: &CheckSubject<'_>) -> Result<Vec<CopiedMismatch>> {
+    Ok(check_outcome_inner(s, &mut |_| {}, true, false)?.copied)
+}
+
 /// Everything a check found, for a repair to act on.
 pub struct Outcome {
     /// The report as a read-only check gives it.
@@ -153,6 +188,8 @@ pub struct Outcome {
     pub rebuild: bool,
     /// The references counted.
     pub computed: ComputedRefcounts,
+    /// COPIED flag mismatches (only from [`copied_mismatches`]).
+    pub copied: Vec<CopiedMismatch>,
 }
 
 /// Runs a read-only check of the image described by `s`.
@@ -168,6 +205,15 @@ pub fn check_outcome(
     s: &CheckSubject<'_>,
     diag: &mut dyn FnMut(&str),
     repairing: bool,
+) -> Result<Outcome> {
+    check_outcome_inner(s, diag, repairing, true)
+}
+
+fn check_outcome_inner(
+    s: &CheckSubject<'_>,
+    diag: &mut dyn FnMut(&str),
+    repairing: bool,
+    count: bool,
 ) -> Result<Outcome> {
     let h = s.header;
     let cluster_bits = h.cluster_bits;
@@ -222,8 +268,12 @@ pub fn check_outcome(
     }
     c.calculate_refcounts()?;
     let highest = c.compare_refcounts()?;
-    if !(repairing && c.rebuild) {
+    // A repair judges the COPIED flags itself, once the refcounts are fixed.
+    let mut copied = Vec::new();
+    if !repairing {
         c.check_oflag_copied()?;
+    } else if !count {
+        copied = c.copied_mismatches()?;
     }
     c.report.image_end_offset = (highest + 1) << cluster_bits;
     Ok(Outcome {
@@ -231,6 +281,7 @@ pub fn check_outcome(
         mismatches: c.mismatches,
         rebuild: c.rebuild,
         computed: c.refs,
+        copied,
     })
 }
 
@@ -658,12 +709,23 @@ impl Checker<'_, '_> {
     }
 
     /// Checks that the COPIED flag of active L1 and L2 entries is set exactly
-    /// when the refcount is 1.
+    /// when the refcount is 1; reports each mismatch.
     fn check_oflag_copied(&mut self) -> Result<()> {
+        for m in self.copied_mismatches()? {
+            self.say(&m.describe("ERROR"));
+            self.report.corruptions += 1;
+        }
+        Ok(())
+    }
+
+    /// The active L1 and L2 entries whose COPIED flag disagrees with the
+    /// refcount of what they point to.
+    fn copied_mismatches(&mut self) -> Result<Vec<CopiedMismatch>> {
         let h = self.s.header;
         let extended = h.extended_l2();
         let entry_size = if extended { 16 } else { 8 };
         let l1_size = u64::from(h.l1_size);
+        let mut found = Vec::new();
         let mut done = 0;
         while done < l1_size {
             let n = (l1_size - done).min(L1_CHUNK);
@@ -677,15 +739,17 @@ impl Checker<'_, '_> {
                 }
                 if let Ok(rc) = self.disk_refcount(l2_offset >> self.cluster_bits) {
                     if (rc == 1) != (l1_entry & OFLAG_COPIED != 0) {
-                        self.say(&format!(
-                            "ERROR OFLAG_COPIED L2 cluster: l1_index={l1_index} l1_entry={l1_entry:x} refcount={rc}"
-                        ));
-                        self.report.corruptions += 1;
+                        found.push(CopiedMismatch {
+                            l1_index,
+                            l1_entry,
+                            l2: None,
+                            refcount: rc,
+                        });
                     }
                 }
                 let table =
                     self.read_u64s(l2_offset, self.cluster_size / entry_size, entry_size)?;
-                for e in table.chunks_exact(entry_size as usize) {
+                for (k, e) in table.chunks_exact(entry_size as usize).enumerate() {
                     let entry = u64::from_be_bytes(e[..8].try_into().unwrap_or([0; 8]));
                     let ty = cluster_type(entry, extended, self.s.has_data_file);
                     if !matches!(ty, ClusterType::Normal | ClusterType::ZeroAlloc) {
@@ -700,15 +764,17 @@ impl Checker<'_, '_> {
                         }
                     };
                     if (rc == 1) != (entry & OFLAG_COPIED != 0) {
-                        self.say(&format!(
-                            "ERROR OFLAG_COPIED data cluster: l2_entry={entry:x} refcount={rc}"
-                        ));
-                        self.report.corruptions += 1;
+                        found.push(CopiedMismatch {
+                            l1_index,
+                            l1_entry,
+                            l2: Some((l2_offset, k, entry)),
+                            refcount: rc,
+                        });
                     }
                 }
             }
             done += n;
         }
-        Ok(())
+        Ok(found)
     }
 }

@@ -67,6 +67,7 @@ impl Qcow2 {
             report.corruptions = 0;
             report.leaks_fixed += report.leaks;
             report.leaks = 0;
+            self.repair_copied_flags(&mut m, mode, &snapshots, &mut report, diag)?;
             self.finish_repair(&mut m, &report)?;
             return Ok(report);
         }
@@ -94,8 +95,60 @@ impl Qcow2 {
                 ));
             }
         }
+        self.repair_copied_flags(&mut m, mode, &snapshots, &mut report, diag)?;
         self.finish_repair(&mut m, &report)?;
         Ok(report)
+    }
+
+    /// Judges the COPIED flags against the (repaired) refcounts, as QEMU
+    /// does last, and sets or clears them ("Repairing OFLAG_COPIED").
+    fn repair_copied_flags(
+        &self,
+        m: &mut Meta,
+        mode: RepairMode,
+        snapshots: &[super::snapshot::Snapshot],
+        report: &mut CheckReport,
+        diag: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        use super::l2_entry::OFLAG_COPIED;
+        self.flush_locked(m)?;
+        let header = self.header_with(m);
+        let list = check::copied_mismatches(&self.check_subject(&header, snapshots))?;
+        // As QEMU: `-r all` always repairs; `-r leaks` only when the
+        // refcounts the flags are judged against came out clean.
+        let repair = match mode {
+            RepairMode::All => true,
+            RepairMode::Leaks => {
+                report.check_errors == 0 && report.corruptions == 0 && report.leaks == 0
+            }
+            RepairMode::None => false,
+        };
+        for cm in list {
+            if !repair {
+                diag(&cm.describe("ERROR"));
+                report.corruptions += 1;
+                continue;
+            }
+            diag(&cm.describe("Repairing"));
+            let flip = |e: u64| {
+                if cm.refcount == 1 {
+                    e | OFLAG_COPIED
+                } else {
+                    e & !OFLAG_COPIED
+                }
+            };
+            match cm.l2 {
+                None => self.set_l1_entry(m, cm.l1_index as usize, flip(cm.l1_entry)),
+                Some((l2off, index, entry)) => {
+                    let table = self.l2_table(l2off)?;
+                    let (_, bitmap) = self.entry_in(&table, index);
+                    drop(table);
+                    self.set_entry(l2off, index, flip(entry), bitmap)?;
+                }
+            }
+            report.corruptions_fixed += 1;
+        }
+        Ok(())
     }
 
     fn fix(&self, m: &mut Meta, mm: &Mismatch, diag: &mut dyn FnMut(&str)) -> Result<()> {

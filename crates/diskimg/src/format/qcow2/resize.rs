@@ -116,7 +116,7 @@ impl Qcow2 {
         Ok(())
     }
 
-    fn set_l1_entry(&self, m: &mut super::writer::Meta, index: usize, value: u64) {
+    pub(super) fn set_l1_entry(&self, m: &mut super::writer::Meta, index: usize, value: u64) {
         let mut l1 = self.l1.write().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = l1.get_mut(index) {
             *e = value;
