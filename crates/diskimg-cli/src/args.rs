@@ -23,6 +23,12 @@ pub fn flag(id: &'static str, short: Option<char>, long: Option<&'static str>) -
     a
 }
 
+/// An option that may be given several times, every value kept (`-o a=b
+/// -o c=d`), as QemuOpts accumulates them.
+pub fn opt_repeated(id: &'static str, short: Option<char>, long: Option<&'static str>) -> Arg {
+    opt(id, short, long).action(ArgAction::Append)
+}
+
 /// An option taking one value.
 pub fn opt(id: &'static str, short: Option<char>, long: Option<&'static str>) -> Arg {
     let mut a = Arg::new(id)

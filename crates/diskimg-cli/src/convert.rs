@@ -122,14 +122,11 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
             None,
             Some("target-image-opts"),
         ))
-        .arg(
-            clap::Arg::new("target-options")
-                .short('o')
-                .long("target-options")
-                .action(clap::ArgAction::Append)
-                .num_args(1)
-                .allow_hyphen_values(true),
-        )
+        .arg(args::opt_repeated(
+            "target-options",
+            Some('o'),
+            Some("target-options"),
+        ))
         .arg(args::flag("compress", Some('c'), Some("compress")))
         .arg(args::opt("target-cache", Some('t'), Some("target-cache")))
         .arg(args::opt("backing", Some('B'), Some("backing")))

@@ -10,7 +10,6 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use clap::{Arg, ArgAction};
 use diskimg::format::qcow2::header::CompressionType;
 use diskimg::{CreateOptions, ErrorKind, Format, OpenOptions, Preallocation, Qcow2CreateOptions};
 
@@ -340,14 +339,7 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
     let cmd = args::command("create")
         .arg(args::flag("quiet", Some('q'), Some("quiet")))
         .arg(args::opt("format", Some('f'), Some("format")))
-        .arg(
-            Arg::new("options")
-                .short('o')
-                .long("options")
-                .action(ArgAction::Append)
-                .num_args(1)
-                .allow_hyphen_values(true),
-        )
+        .arg(args::opt_repeated("options", Some('o'), Some("options")))
         .arg(args::opt("backing", Some('b'), Some("backing")))
         .arg(args::opt(
             "backing-format",

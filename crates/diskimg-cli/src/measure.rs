@@ -8,7 +8,6 @@
 
 use std::ffi::OsString;
 
-use clap::{Arg, ArgAction};
 use diskimg::ops::measure::{check_cluster_size, measure, Measurement};
 use diskimg::{CreateOptions, Format, Preallocation};
 
@@ -67,14 +66,7 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
         .arg(args::flag("image-opts", None, Some("image-opts")))
         .arg(args::opt("snapshot", Some('l'), Some("snapshot")))
         .arg(args::opt("target-format", Some('O'), Some("target-format")))
-        .arg(
-            Arg::new("options")
-                .short('o')
-                .long("options")
-                .action(ArgAction::Append)
-                .num_args(1)
-                .allow_hyphen_values(true),
-        )
+        .arg(args::opt_repeated("options", Some('o'), Some("options")))
         .arg(args::flag("force-share", Some('U'), Some("force-share")))
         .arg(args::opt("output", None, Some("output")))
         .arg(args::opt("object", None, Some("object")))

@@ -138,7 +138,7 @@ impl Qcow2 {
                 }
             };
             match cm.l2 {
-                None => self.set_l1_entry(m, cm.l1_index as usize, flip(cm.l1_entry)),
+                None => self.set_l1(m, cm.l1_index as usize, flip(cm.l1_entry)),
                 Some((l2off, index, entry)) => {
                     let table = self.l2_table(l2off)?;
                     let (_, bitmap) = self.entry_in(&table, index);

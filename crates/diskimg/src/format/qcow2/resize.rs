@@ -39,7 +39,7 @@ impl Qcow2 {
             let a = size.div_ceil(cs) * cs;
             let b = old.div_ceil(cs) * cs;
             if a < b {
-                self.unmap_clusters(w, a, b)?;
+                self.unallocate(w, a, b)?;
             }
             let mut m = self.meta(w)?;
             // L2 tables wholly past the end go too.
@@ -49,7 +49,7 @@ impl Qcow2 {
                 let e = self.l1_entry(i);
                 let off = e & OFFSET_MASK;
                 if off != 0 {
-                    self.set_l1_entry(&mut m, i as usize, 0);
+                    self.set_l1(&mut m, i as usize, 0);
                     self.cache.remove(off);
                     m.alloc.queue_free(off >> h.cluster_bits, 1);
                     self.note_tables(&mut m, None, Some(off));
@@ -116,17 +116,6 @@ impl Qcow2 {
         Ok(())
     }
 
-    pub(super) fn set_l1_entry(&self, m: &mut super::writer::Meta, index: usize, value: u64) {
-        let mut l1 = self.l1.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = l1.get_mut(index) {
-            *e = value;
-            m.l1_dirty = Some(match m.l1_dirty {
-                Some((lo, hi)) => (lo.min(index), hi.max(index + 1)),
-                None => (index, index + 1),
-            });
-        }
-    }
-
     /// Moves the L1 table to a new place with `entries` entries.
     fn grow_l1(&self, m: &mut super::writer::Meta, entries: u64) -> Result<()> {
         let cs = self.header.cluster_size();
@@ -162,11 +151,6 @@ impl Qcow2 {
         }
         self.update_protected(m);
         self.flush_locked(m)
-    }
-
-    /// Drops every cluster of `[a, b)` (whole clusters) from the image.
-    fn unmap_clusters(&self, w: &super::writer::WriteState, a: u64, b: u64) -> Result<()> {
-        self.unallocate(w, a, b)
     }
 
     /// Allocates the unallocated clusters of `[a, b)` as data clusters

@@ -239,7 +239,8 @@ impl Qcow2 {
             .unwrap_or(0)
     }
 
-    fn set_l1(&self, m: &mut Meta, index: usize, value: u64) {
+    /// Sets L1 entry `index` in memory; it is written back at flush.
+    pub(super) fn set_l1(&self, m: &mut Meta, index: usize, value: u64) {
         let mut l1 = self.l1.write().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = l1.get_mut(index) {
             *e = value;
