@@ -15,6 +15,7 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod cache;
 pub mod chain;
 pub mod error;
 pub mod format;
@@ -23,6 +24,7 @@ pub mod ops;
 
 use std::sync::Arc;
 
+pub use cache::CacheMode;
 pub use chain::{open, MAX_CHAIN_DEPTH};
 pub use error::{Error, ErrorKind, Result};
 pub use format::create::{create, CreateOptions, Preallocation};
@@ -62,6 +64,10 @@ pub struct OpenOptions {
     /// a consistent image; a power loss may not. qemu-img convert writes its
     /// target this way unless `-t` says otherwise.
     pub ignore_flush: bool,
+    /// QEMU's `cache.direct=on` (cache modes `none` and `directsync`):
+    /// every file the open creates (the image, its data file, its backing
+    /// files) is opened with O_DIRECT. See [`CacheMode`].
+    pub direct: bool,
 }
 
 /// The largest default L2 cache, per layer.
@@ -78,6 +84,7 @@ impl Default for OpenOptions {
             for_check: false,
             warnings: None,
             ignore_flush: false,
+            direct: false,
         }
     }
 }
@@ -101,6 +108,7 @@ impl std::fmt::Debug for OpenOptions {
             .field("l2_cache_size", &self.l2_cache_size)
             .field("for_check", &self.for_check)
             .field("ignore_flush", &self.ignore_flush)
+            .field("direct", &self.direct)
             .finish()
     }
 }
