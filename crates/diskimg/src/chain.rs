@@ -44,7 +44,7 @@ fn open_layer(
     } else {
         OpenMode::ReadOnly
     };
-    let file = FileStorage::open(path, mode)?;
+    let file = FileStorage::open_with(path, mode, opts.direct)?;
     let meta = std::fs::metadata(path)
         .map_err(|e| Error::io(e, format!("Could not open '{}'", path.display())))?;
     if !seen.insert((meta.dev(), meta.ino())) {
@@ -59,7 +59,8 @@ fn open_layer(
         None => probe(storage.as_ref())?,
     };
     // Only the top image is opened for writing or for a check; backing
-    // files are opened as for reading.
+    // files are opened as for reading. The cache mode (O_DIRECT) applies
+    // to the whole chain, as QEMU's backing children inherit it.
     let layer_opts = OpenOptions {
         writable,
         for_check: opts.for_check && depth == 0,

@@ -9,9 +9,13 @@
 //! return zeros (as QEMU's file driver does), so a truncated image reads as
 //! if its tail were zeroed rather than failing half-way through a table.
 
+mod aligned;
+mod direct;
 mod file;
 mod memory;
 
+pub use aligned::AlignedBuf;
+pub use direct::BOUNCE_MAX;
 pub use file::{FileStorage, OpenMode};
 pub use memory::MemoryStorage;
 

@@ -235,7 +235,7 @@ impl Qcow2 {
                 } else {
                     OpenMode::ReadOnly
                 };
-                Arc::new(FileStorage::open(&p, mode).map_err(&wrap)?)
+                Arc::new(FileStorage::open_with(&p, mode, opts.direct).map_err(&wrap)?)
             } else {
                 Arc::new(UnopenedDataFile {
                     name: df,
