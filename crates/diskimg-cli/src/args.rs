@@ -160,6 +160,15 @@ pub fn get_str<'a>(m: &'a ArgMatches, id: &str) -> Option<&'a str> {
     m.get_one::<String>(id).map(|s| s.as_str())
 }
 
+/// The cache mode option `id` (`-t`/`-T`), writeback when absent; an
+/// unknown name is returned as the error, for the caller's message.
+pub fn cache_mode<'a>(m: &'a ArgMatches, id: &str) -> Result<diskimg::CacheMode, &'a str> {
+    match get_str(m, id) {
+        None => Ok(diskimg::CacheMode::Writeback),
+        Some(v) => v.parse().map_err(|_| v),
+    }
+}
+
 /// The positional file names.
 pub fn files(m: &ArgMatches) -> Vec<OsString> {
     m.get_many::<OsString>("files")

@@ -17,12 +17,15 @@
 //! the requests only: the final flush of a write run happens after it, as
 //! qemu-img's happens when it closes the image.
 //!
-//! Cache modes: writeback (default) uses the host page cache and flushes
-//! only when asked; writethrough flushes after every write; unsafe ignores
-//! flushes; none and directsync (O_DIRECT) are refused: diskimg's storage
-//! does not open files with O_DIRECT yet. The AIO backend (`-i threads`,
-//! `io_uring`) does not matter: diskimg runs requests on threads; `native`
-//! needs O_DIRECT and is refused with qemu-img's message.
+//! Cache modes are QEMU's: writeback (default) uses the host page cache and
+//! flushes only when asked; writethrough flushes after every write; unsafe
+//! ignores flushes; none (or off) opens every file of the chain with
+//! O_DIRECT and flushes when asked; directsync is O_DIRECT with a flush
+//! after every write. Request buffers are 4096-aligned (qemu-img's
+//! `blk_blockalign`), so aligned requests go to the disk from them. The
+//! AIO backend (`-i threads`, `io_uring`, `native`) does not change what
+//! diskimg does: it runs requests on threads; `native` needs O_DIRECT and
+//! without it is refused with qemu-img's message.
 //!
 //! Memory is bounded: at most [`MAX_THREADS`] requests run at once (a
 //! larger depth queues on them), and the buffers (one per thread for
@@ -34,7 +37,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use clap::ArgMatches;
-use diskimg::BlockDevice;
+use diskimg::io::AlignedBuf;
+use diskimg::{BlockDevice, CacheMode};
 
 use crate::args::{self, Parsed};
 use crate::ctx::Ctx;
@@ -92,13 +96,8 @@ pub const MAX_THREADS: u64 = 256;
 /// Most bytes of request buffers.
 pub const MAX_BUFFERS: u64 = 1 << 30;
 
-/// How the image is cached (QEMU's `-t`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Cache {
-    Writeback,
-    Writethrough,
-    Unsafe,
-}
+/// Alignment of request buffers (QEMU's default memory alignment).
+const BUF_ALIGN: usize = 4096;
 
 /// The workload, as qemu-img's BenchData.
 #[derive(Debug, Clone)]
@@ -112,7 +111,7 @@ struct Workload {
     pattern: u8,
     flush_interval: u64,
     drain: bool,
-    cache: Cache,
+    cache: CacheMode,
     size: u64,
 }
 
@@ -148,7 +147,7 @@ impl Workload {
         }
         let r = if self.write {
             dev.write_at(wbuf, off).and_then(|()| {
-                if self.cache == Cache::Writethrough {
+                if self.cache.writethrough() {
                     dev.flush()
                 } else {
                     Ok(())
@@ -160,8 +159,17 @@ impl Workload {
         r.map_err(|e| e.message().to_string())
     }
 
+    /// A thread's buffer for reads (empty for a write run, which shares
+    /// one buffer of the pattern).
+    fn read_buffer(&self) -> AlignedBuf {
+        AlignedBuf::new(
+            if self.write { 0 } else { self.bufsize as usize },
+            BUF_ALIGN,
+        )
+    }
+
     fn flush(&self, dev: &dyn BlockDevice) -> Result<(), String> {
-        if self.cache == Cache::Unsafe {
+        if self.cache.ignore_flush() {
             return Ok(());
         }
         dev.flush().map_err(|e| e.message().to_string())
@@ -189,7 +197,7 @@ struct Parsed2 {
     step: u64,
     pattern: u8,
     flush_interval: u64,
-    cache: Cache,
+    cache: CacheMode,
     native: bool,
 }
 
@@ -203,7 +211,7 @@ fn values(m: &ArgMatches) -> Result<Parsed2, String> {
         step: 0,
         pattern: 0,
         flush_interval: 0,
-        cache: Cache::Writeback,
+        cache: CacheMode::Writeback,
         native: m.get_flag("native"),
     };
     let ids = [
@@ -226,17 +234,9 @@ fn values(m: &ArgMatches) -> Result<Parsed2, String> {
         let v = args::get_str(m, id).unwrap_or("");
         match id {
             "cache" => {
-                p.cache = match v {
-                    "writeback" => Cache::Writeback,
-                    "writethrough" => Cache::Writethrough,
-                    "unsafe" => Cache::Unsafe,
-                    "none" | "directsync" | "off" => {
-                        return Err(format!(
-                            "cache mode '{v}' (O_DIRECT) is not implemented by diskimg yet (writeback, writethrough and unsafe are)"
-                        ))
-                    }
-                    _ => return Err("Invalid cache mode".to_string()),
-                }
+                p.cache = v
+                    .parse::<CacheMode>()
+                    .map_err(|_| "Invalid cache mode".to_string())?
             }
             "count" => p.count = number("request count", v, false, 1, int_max)?,
             "depth" => p.depth = number("queue depth", v, false, 1, int_max)?,
@@ -249,9 +249,7 @@ fn values(m: &ArgMatches) -> Result<Parsed2, String> {
             "buffer-size" => p.bufsize = number("buffer size", v, true, 1, int_max)?,
             "step-size" => p.step = number("step size", v, true, 0, int_max)?,
             "pattern" => p.pattern = number("pattern byte", v, false, 0, 0xff)? as u8,
-            "flush-interval" => {
-                p.flush_interval = number("flush interval", v, false, 0, int_max)?
-            }
+            "flush-interval" => p.flush_interval = number("flush interval", v, false, 0, int_max)?,
             _ => {}
         }
     }
@@ -316,7 +314,7 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
         ));
         return 1;
     }
-    if p.native {
+    if p.native && !p.cache.direct() {
         ctx.error(format!("Could not open '{shown}': aio=native was specified, but it requires cache.direct=on, which was not specified."));
         return 1;
     }
@@ -330,13 +328,14 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
     let how = OpenHow {
         backing: true,
         data_file: true,
+        direct: p.cache.direct(),
     };
     // A probed raw image opened for writing gets qemu-img's warning from
     // open_image_writable. (Its restriction on block 0 never applies here:
     // a buffer of one repeated byte cannot look like another format's
     // header.)
     let opened = if write {
-        open_image_writable(file, fmt)
+        open_image_writable(file, fmt, p.cache.direct())
     } else {
         open_image(file, fmt, how)
     };
@@ -407,11 +406,8 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
 /// Runs the requests on `threads` threads (the caller's thread alone for
 /// one).
 fn run_workload(w: &Workload, dev: &Arc<dyn BlockDevice>, threads: usize) -> Result<(), String> {
-    let shared: Vec<u8> = if w.write {
-        vec![w.pattern; w.bufsize as usize]
-    } else {
-        Vec::new()
-    };
+    let mut shared = AlignedBuf::new(if w.write { w.bufsize as usize } else { 0 }, BUF_ALIGN);
+    shared.fill(w.pattern);
     let shared = &shared;
     if w.flush_interval != 0 {
         let sched = Scheduler::new();
@@ -425,11 +421,7 @@ fn run_workload(w: &Workload, dev: &Arc<dyn BlockDevice>, threads: usize) -> Res
     let next = AtomicU64::new(0);
     let failed = AtomicBool::new(false);
     let work = || -> Result<(), String> {
-        let mut own = if w.write {
-            Vec::new()
-        } else {
-            vec![0u8; w.bufsize as usize]
-        };
+        let mut own = w.read_buffer();
         loop {
             if failed.load(Ordering::Relaxed) {
                 return Ok(());
@@ -508,11 +500,7 @@ impl Scheduler {
     }
 
     fn worker(&self, w: &Workload, dev: &dyn BlockDevice, shared: &[u8]) -> Result<(), String> {
-        let mut own = if w.write {
-            Vec::new()
-        } else {
-            vec![0u8; w.bufsize as usize]
-        };
+        let mut own = w.read_buffer();
         loop {
             let i = {
                 let mut st = self.lock();
@@ -585,7 +573,7 @@ mod tests {
             pattern: 0,
             flush_interval: 0,
             drain: true,
-            cache: Cache::Writeback,
+            cache: CacheMode::Writeback,
             size,
         }
     }

@@ -43,8 +43,6 @@ Arguments:
 
 ";
 
-const CACHE_MODES: &[&str] = &["none", "writeback", "writethrough", "directsync", "unsafe"];
-
 /// The message QEMU gives for formats without a check (exit code 63).
 const NO_CHECK: &str = "This image format does not support checks";
 
@@ -85,12 +83,13 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
         ctx.error_with_hint("check", "Expecting one image file name");
         return 1;
     }
-    if let Some(c) = args::get_str(&m, "cache") {
-        if !CACHE_MODES.contains(&c) {
+    let cache = match args::cache_mode(&m, "cache") {
+        Ok(c) => c,
+        Err(c) => {
             ctx.error(format!("Invalid source cache option: {c}"));
             return 1;
         }
-    }
+    };
     let shown = files[0].to_string_lossy().into_owned();
     if m.get_flag("image-opts") {
         ctx.error(format!(
@@ -122,6 +121,7 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
         for_check: true,
         // A repair writes the image.
         writable: repair != RepairMode::None,
+        direct: cache.direct(),
         warnings: Some(warn),
         ..OpenOptions::default()
     };

@@ -44,8 +44,6 @@ Arguments:
 
 ";
 
-const CACHE_MODES: &[&str] = &["none", "writeback", "writethrough", "directsync", "unsafe"];
-
 /// Runs `compare`.
 pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
     let cmd = args::command("compare")
@@ -70,12 +68,13 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
         ctx.error_with_hint("compare", "Expecting two image file names");
         return 1;
     }
-    if let Some(c) = args::get_str(&m, "cache") {
-        if !CACHE_MODES.contains(&c) {
+    let cache = match args::cache_mode(&m, "cache") {
+        Ok(c) => c,
+        Err(c) => {
             ctx.error(format!("Invalid source cache option: {c}"));
             return 2;
         }
-    }
+    };
     if m.get_flag("image-opts") {
         ctx.error(format!(
             "Could not open '{}': --image-opts is not supported by diskimg",
@@ -86,6 +85,7 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
     let how = OpenHow {
         backing: true,
         data_file: true,
+        direct: cache.direct(),
     };
     let a = match open_image(&files[0], args::get_str(&m, "a-format"), how) {
         Ok(d) => d,

@@ -9,7 +9,7 @@ use diskimg::BlockDevice;
 use diskimg::io::{FileStorage, OpenMode, Storage};
 use diskimg::ops::concat::Concat;
 use diskimg::ops::convert::{convert, ConvertOptions, Target, MAX_WORKERS};
-use diskimg::Format;
+use diskimg::{CacheMode, Format};
 
 use crate::args::{self, Parsed};
 use crate::create;
@@ -88,8 +88,6 @@ Arguments:
      target (output) image file name
 
 ";
-
-const CACHE_MODES: &[&str] = &["none", "writeback", "writethrough", "directsync", "unsafe"];
 
 /// Options diskimg's convert does not implement: (id, how to name it).
 const UNSUPPORTED: &[(&str, &str)] = &[
@@ -189,18 +187,23 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
             }
         },
     };
-    for (id, cache) in [("source-cache", "source"), ("target-cache", "")] {
-        if let Some(c) = args::get_str(&m, id) {
-            if !CACHE_MODES.contains(&c) {
-                if cache.is_empty() {
-                    ctx.error(format!("Invalid cache option: {c}"));
-                } else {
-                    ctx.error(format!("Invalid source cache option: {c}"));
-                }
-                return 1;
-            }
+    let source_cache = match args::cache_mode(&m, "source-cache") {
+        Ok(c) => c,
+        Err(c) => {
+            ctx.error(format!("Invalid source cache option: {c}"));
+            return 1;
         }
-    }
+    };
+    // qemu-img writes convert targets with cache=unsafe unless -t names
+    // another mode: metadata is written back, nothing waits for the disk.
+    let target_cache = match args::get_str(&m, "target-cache").map(str::parse::<CacheMode>) {
+        None => CacheMode::Unsafe,
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
+            ctx.error(e.message());
+            return 1;
+        }
+    };
     let files = args::files(&m);
     if files.len() < 2 {
         ctx.error("Must specify image file name");
@@ -300,6 +303,7 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
     let how = OpenHow {
         backing: true,
         data_file: true,
+        direct: source_cache.direct(),
     };
     // Several sources are read back to back as one image.
     let mut opened = Vec::with_capacity(srcs.len());
@@ -375,20 +379,17 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
         Image(Arc<dyn BlockDevice>),
     }
     let out = if out_format == Format::Raw && (created || !no_create) {
-        match FileStorage::open(dst_path, OpenMode::ReadWrite) {
+        match FileStorage::open_with(dst_path, OpenMode::ReadWrite, target_cache.direct()) {
             Ok(t) => Out::Raw(t),
             Err(e) => return fail(format!("Could not open '{dst_name}': {}", e.message())),
         }
     } else {
-        let opts = diskimg::OpenOptions {
+        let mut opts = diskimg::OpenOptions {
             format: Some(out_format),
             writable: true,
-            // qemu-img writes convert targets with cache=unsafe unless -t
-            // names another mode: metadata is written back, nothing waits
-            // for the disk.
-            ignore_flush: matches!(args::get_str(&m, "target-cache"), None | Some("unsafe")),
             ..diskimg::OpenOptions::default()
         };
+        target_cache.apply(&mut opts);
         match diskimg::open(dst_path, &opts) {
             Ok(d) => {
                 if d.size() < size {
@@ -430,12 +431,11 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
             done as f64 / total as f64
         })
     })
-    .and_then(|()| match (&out, args::get_str(&m, "target-cache")) {
+    .and_then(|()| match &out {
         // Image targets always write back their metadata.
-        (Out::Image(d), _) => d.flush(),
-        (Out::Raw(_), Some("unsafe")) => Ok(()),
-        (Out::Raw(t), Some(_)) => t.flush(),
-        (Out::Raw(_), None) => Ok(()),
+        Out::Image(d) => d.flush(),
+        Out::Raw(_) if target_cache.ignore_flush() => Ok(()),
+        Out::Raw(t) => t.flush(),
     });
     progress.finish();
     match result {

@@ -180,6 +180,7 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
     let how = OpenHow {
         backing: true,
         data_file: true,
+        direct: false,
     };
     let src = match open_image(
         OsString::from(&input).as_os_str(),

@@ -92,6 +92,7 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
     let how = OpenHow {
         backing: false,
         data_file: false,
+        direct: false,
     };
     let mut layers: Vec<Arc<dyn BlockDevice>> = Vec::new();
     let mut seen: HashSet<String> = HashSet::new();

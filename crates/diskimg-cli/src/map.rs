@@ -119,6 +119,7 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
     let how = OpenHow {
         backing: true,
         data_file: true,
+        direct: false,
     };
     let top = match open_image(&files[0], args::get_str(&m, "format"), how) {
         Ok(d) => d,

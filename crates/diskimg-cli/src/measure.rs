@@ -144,6 +144,7 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
             let how = OpenHow {
                 backing: true,
                 data_file: true,
+                direct: false,
             };
             match open_image(f, fmt, how) {
                 Ok(d) => Some(d),

@@ -12,6 +12,8 @@ pub struct OpenHow {
     pub backing: bool,
     /// Open external data files.
     pub data_file: bool,
+    /// Open every file with O_DIRECT (cache modes `none`, `directsync`).
+    pub direct: bool,
 }
 
 /// Opens `path` read-only as `fmt` (probed when `None`). The error is the
@@ -29,6 +31,7 @@ pub fn open_image(
         writable: false,
         open_backing: how.backing,
         open_data_file: how.data_file,
+        direct: how.direct,
         warnings: Some(warn),
         ..OpenOptions::default()
     };
@@ -36,11 +39,12 @@ pub fn open_image(
 }
 
 /// Opens `path` for writing as `fmt` (probed when `None`), with its backing
-/// chain. When the format was probed as raw, qemu's warning about it is
-/// printed first.
+/// chain, with O_DIRECT when `direct`. When the format was probed as raw,
+/// qemu's warning about it is printed first.
 pub fn open_image_writable(
     path: &OsStr,
     fmt: Option<&str>,
+    direct: bool,
 ) -> Result<Arc<dyn BlockDevice>, String> {
     let shown = path.to_string_lossy();
     let format = parse_format(path, fmt)?;
@@ -48,6 +52,7 @@ pub fn open_image_writable(
     let opts = OpenOptions {
         format,
         writable: true,
+        direct,
         warnings: Some(warn),
         ..OpenOptions::default()
     };

@@ -116,7 +116,7 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
         ));
         return 1;
     }
-    let dev = match open_image_writable(file, args::get_str(&m, "format")) {
+    let dev = match open_image_writable(file, args::get_str(&m, "format"), false) {
         Ok(d) => d,
         Err(msg) => {
             ctx.error(msg);

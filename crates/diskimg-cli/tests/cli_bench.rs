@@ -9,6 +9,9 @@
 //!   leaves with the same arguments (`qemu-img compare` of the two images),
 //!   so the requests went to the same offsets with the same pattern; a
 //!   qcow2 image written by diskimg passes `qemu-img check`.
+//! - Cache modes: the same for `-t none`, `off` and `directsync` (O_DIRECT),
+//!   with aligned and unaligned requests; `-i native` is accepted with an
+//!   O_DIRECT mode and refused otherwise, with qemu-img's message.
 //! - Errors: messages and exit codes equal.
 //!
 //! The tests fail, never skip, when qemu-img is missing.
@@ -77,24 +80,14 @@ fn create(s: &Scratch, args: &[&str]) {
     assert_eq!(o.rc, 0, "qemu-img {args:?}: {}", o.stderr);
 }
 
-#[test]
-fn read_reports_match_qemu_img() {
-    let s = Scratch::new();
-    create(&s, &["create", "-q", "-f", "raw", "r.raw", "8M"]);
-    create(&s, &["create", "-q", "-f", "qcow2", "q.qcow2", "8M"]);
+/// Read runs of every `runs` entry on r.raw and q.qcow2 in `s`: the same
+/// report as qemu-img bench, and success.
+fn read_runs(s: &Scratch, runs: &[&[&str]]) {
     for img in ["r.raw", "q.qcow2"] {
-        for args in [
-            &["-c", "1000"][..],
-            &["-c", "2000", "-d", "1"],
-            &["-c", "2000", "-d", "4", "-q"],
-            &["-c", "500", "-s", "64k", "-S", "1M"],
-            &["-c", "500", "-o", "1000", "-s", "512", "-S", "0"],
-            &["-c", "300", "-s", "1M", "-t", "writeback", "-i", "threads"],
-            &["-c", "100", "-U", "--depth", "3", "--buffer-size", "8k"],
-        ] {
+        for args in runs {
             let mut a = args.to_vec();
             a.push(img);
-            let (q, d) = both(&s, &s, &a);
+            let (q, d) = both(s, s, &a);
             assert_eq!(d, q, "diskimg (left) and qemu-img (right) differ for {a:?}");
             assert_eq!(d.rc, 0, "{a:?}: {}", d.stderr);
             assert_eq!(d.stdout.lines().count(), 2, "{}", d.stdout);
@@ -102,8 +95,28 @@ fn read_reports_match_qemu_img() {
     }
 }
 
-/// Write runs: same report, and the same bytes as qemu-img bench writes.
-fn write_runs(fmt: &str, create_opts: &[&str], judge_check: bool) {
+#[test]
+fn read_reports_match_qemu_img() {
+    let s = Scratch::new();
+    create(&s, &["create", "-q", "-f", "raw", "r.raw", "8M"]);
+    create(&s, &["create", "-q", "-f", "qcow2", "q.qcow2", "8M"]);
+    read_runs(
+        &s,
+        &[
+            &["-c", "1000"][..],
+            &["-c", "2000", "-d", "1"],
+            &["-c", "2000", "-d", "4", "-q"],
+            &["-c", "500", "-s", "64k", "-S", "1M"],
+            &["-c", "500", "-o", "1000", "-s", "512", "-S", "0"],
+            &["-c", "300", "-s", "1M", "-t", "writeback", "-i", "threads"],
+            &["-c", "100", "-U", "--depth", "3", "--buffer-size", "8k"],
+        ],
+    );
+}
+
+/// Write runs: same report, and the same bytes as qemu-img bench writes;
+/// `cache` goes before every run's own options.
+fn write_runs(fmt: &str, create_opts: &[&str], judge_check: bool, cache: &[&str]) {
     let q = Scratch::new();
     let d = Scratch::new();
     let runs: &[&[&str]] = &[
@@ -179,6 +192,7 @@ fn write_runs(fmt: &str, create_opts: &[&str], judge_check: bool) {
             create(s, &a);
         }
         let mut a = vec!["-w", "-f", fmt];
+        a.extend_from_slice(cache);
         a.extend_from_slice(run);
         a.push(&img);
         let (qo, dout) = both(&q, &d, &a);
@@ -208,16 +222,70 @@ fn write_runs(fmt: &str, create_opts: &[&str], judge_check: bool) {
 
 #[test]
 fn raw_write_runs_match_qemu_img() {
-    write_runs("raw", &[], false);
+    write_runs("raw", &[], false, &[]);
 }
 
 #[test]
 fn qcow2_write_runs_match_qemu_img_and_pass_check() {
-    write_runs("qcow2", &[], true);
+    write_runs("qcow2", &[], true, &[]);
     write_runs(
         "qcow2",
         &["-o", "preallocation=metadata,cluster_size=4k"],
         true,
+        &[],
+    );
+}
+
+/// O_DIRECT write runs (the runs' own `-t` comes later and wins, as in
+/// getopt; most runs keep the direct mode).
+#[test]
+fn direct_write_runs_match_qemu_img() {
+    for cache in ["none", "directsync"] {
+        write_runs("raw", &[], false, &["-t", cache]);
+        write_runs("qcow2", &[], true, &["-t", cache]);
+    }
+    write_runs("qcow2", &["-o", "cluster_size=4k"], true, &["-t", "none"]);
+}
+
+#[test]
+fn direct_read_reports_match_qemu_img() {
+    let s = Scratch::new();
+    create(&s, &["create", "-q", "-f", "raw", "r.raw", "8M"]);
+    create(&s, &["create", "-q", "-f", "qcow2", "q.qcow2", "8M"]);
+    // Some data to read, through qemu-img.
+    for (fmt, img) in [("raw", "r.raw"), ("qcow2", "q.qcow2")] {
+        let a = [
+            "bench", "-q", "-w", "-c", "500", "-S", "12k", "-f", fmt, img,
+        ];
+        create(&s, &a);
+    }
+    read_runs(
+        &s,
+        &[
+            &["-c", "1000", "-t", "none"][..],
+            &["-c", "1000", "-t", "off", "-d", "1"],
+            &["-c", "1000", "-t", "directsync", "-d", "4"],
+            &["-c", "500", "-t", "none", "-s", "64k", "-S", "1M"],
+            &[
+                "-c", "500", "-t", "none", "-o", "1000", "-s", "512", "-S", "0",
+            ],
+            &[
+                "-c",
+                "500",
+                "-t",
+                "directsync",
+                "-o",
+                "3",
+                "-s",
+                "1000",
+                "-S",
+                "777",
+            ],
+            &["-c", "300", "-t", "none", "-i", "native"],
+            &["-c", "300", "-i", "native", "-t", "directsync"],
+            &["-c", "300", "-n", "-t", "none"],
+            &["-c", "300", "-t", "none", "-i", "io_uring", "-s", "1M"],
+        ],
     );
 }
 
@@ -254,6 +322,9 @@ fn errors_match_qemu_img() {
         &["-i", "bogus", "r.raw"],
         &["-i", "native", "r.raw"],
         &["-n", "r.raw"],
+        &["-i", "native", "-t", "writethrough", "r.raw"],
+        &["-t", "unsafe", "-n", "r.raw"],
+        &["-t", "none", "-i", "native", "-t", "writeback", "r.raw"],
         &["-c", "10"],
         &["-c", "10", "r.raw", "r.raw"],
         &["-c", "10", "nonexist.raw"],

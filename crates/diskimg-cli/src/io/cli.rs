@@ -102,7 +102,7 @@ pub fn run(ctx: &Ctx, argv: &[OsString]) -> i32 {
     for it in &p.items {
         match it {
             Item::Opt('s', _) => flags.snapshot = true,
-            Item::Opt('n', _) => flags.writethrough = false,
+            Item::Opt('n', _) => flags.set_nocache(),
             Item::Opt('C', _) => flags.copy_on_read = true,
             Item::Opt('d', Some(m)) => {
                 if !flags.set_discard(m) {

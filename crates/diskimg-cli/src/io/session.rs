@@ -4,7 +4,7 @@
 use std::ffi::OsStr;
 use std::sync::Arc;
 
-use diskimg::{BlockDevice, Error, ErrorKind};
+use diskimg::{BlockDevice, CacheMode, Error, ErrorKind};
 
 use super::getopt::{getopt, Item};
 use super::table::{usage_line, CmdResult, Failed};
@@ -18,6 +18,8 @@ pub struct OpenFlags {
     /// Flush after every write (qemu-io's default; `-n` and `-t` with a
     /// write-back mode turn it off).
     pub writethrough: bool,
+    /// Open with O_DIRECT (`-n`, `-t none|directsync`, `cache.direct=on`).
+    pub direct: bool,
     /// Pass discards to the image (`-d unmap`, qemu-io's default).
     pub unmap: bool,
     /// Use a temporary overlay (`-s`): not implemented.
@@ -31,6 +33,7 @@ impl Default for OpenFlags {
         OpenFlags {
             read_only: false,
             writethrough: true,
+            direct: false,
             unmap: true,
             snapshot: false,
             copy_on_read: false,
@@ -39,16 +42,22 @@ impl Default for OpenFlags {
 }
 
 impl OpenFlags {
-    /// Applies a cache mode (`-t`); false for an unknown one. O_DIRECT is
-    /// not used by diskimg; the modes differ here only in whether each
-    /// write is flushed.
+    /// Applies a cache mode (`-t`); false for an unknown one. The mode
+    /// decides O_DIRECT (the open's) and whether each write is flushed
+    /// (the session's, as qemu-io's block layer does it).
     pub fn set_cache(&mut self, mode: &str) -> bool {
-        self.writethrough = match mode {
-            "writethrough" | "directsync" => true,
-            "none" | "off" | "writeback" | "unsafe" => false,
-            _ => return false,
+        let Ok(mode) = mode.parse::<CacheMode>() else {
+            return false;
         };
+        self.writethrough = mode.writethrough();
+        self.direct = mode.direct();
         true
+    }
+
+    /// `-n` / `--nocache`: qemu-io's short for `-t none`.
+    pub fn set_nocache(&mut self) {
+        self.writethrough = false;
+        self.direct = true;
     }
 
     /// Applies a discard mode (`-d`); false for an unknown one.
@@ -104,9 +113,7 @@ impl OpenSpec {
                 // diskimg takes no file locks and has one I/O engine.
                 "file.locking" if matches!(value.as_str(), "on" | "off" | "auto") => {}
                 "file.aio" | "aio" if valid_aio(&value) => {}
-                "cache.direct" => {
-                    on_off(&key, &value)?;
-                }
+                "cache.direct" => flags.direct = on_off(&key, &value)?,
                 "cache.no-flush" => {
                     // No flushes at all: writes are never written through.
                     if on_off(&key, &value)? {
@@ -239,10 +246,11 @@ impl Session {
             let how = OpenHow {
                 backing: true,
                 data_file: true,
+                direct: flags.direct,
             };
             open_image(path, fmt, how)
         } else {
-            open_image_writable(path, fmt)
+            open_image_writable(path, fmt, flags.direct)
         };
         match opened {
             Ok(dev) => {
@@ -309,9 +317,7 @@ pub fn open_f(s: &mut Session, argv: &[String]) -> CmdResult {
     for it in &p.items {
         match it {
             Item::Opt('s', _) => flags.snapshot = true,
-            Item::Opt('n', _) => {
-                flags.writethrough = false;
-            }
+            Item::Opt('n', _) => flags.set_nocache(),
             Item::Opt('C', _) => flags.copy_on_read = true,
             Item::Opt('r', _) => flags.read_only = true,
             Item::Opt('k', _) | Item::Opt('U', _) => {}
@@ -422,7 +428,8 @@ pub fn reopen_f(s: &mut Session, argv: &[String]) -> CmdResult {
         out!("{}", usage_line("reopen"));
         return Err(Failed);
     }
-    if flags.read_only == img.flags.read_only {
+    // Only a change of access or of O_DIRECT needs the files opened again.
+    if flags.read_only == img.flags.read_only && flags.direct == img.flags.direct {
         if let Some(img) = s.image.as_mut() {
             img.flags = flags;
         }
@@ -464,9 +471,20 @@ mod tests {
     #[test]
     fn cache_modes() {
         let mut f = OpenFlags::default();
-        assert!(f.writethrough);
+        assert!(f.writethrough && !f.direct);
         assert!(f.set_cache("writeback"));
-        assert!(!f.writethrough);
+        assert!(!f.writethrough && !f.direct);
+        assert!(f.set_cache("none"));
+        assert!(!f.writethrough && f.direct);
+        assert!(f.set_cache("directsync"));
+        assert!(f.writethrough && f.direct);
+        assert!(f.set_cache("off"));
+        assert!(!f.writethrough && f.direct);
+        assert!(f.set_cache("unsafe"));
+        assert!(!f.writethrough && !f.direct);
         assert!(!f.set_cache("bogus"));
+        let mut f = OpenFlags::default();
+        f.set_nocache();
+        assert!(!f.writethrough && f.direct);
     }
 }
