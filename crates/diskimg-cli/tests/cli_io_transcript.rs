@@ -480,6 +480,35 @@ fn qcow2_writes_match_qemu_io() {
     ]);
 }
 
+/// The O_DIRECT cache modes (`-t none`, `-t directsync`, `-n`, `open -n`,
+/// `reopen -c`, `cache.direct=on`): aligned and unaligned reads and writes,
+/// zero writes, discards, writes past the end, backing chains.
+#[test]
+#[rustfmt::skip]
+fn direct_cache_modes_match_qemu_io() {
+    transcript(&[
+        c(&["-f", "raw", "-t", "none", "-c", "read -P 0x11 0 64k", "-c", "read -P 0x11 1 511", "-c", "read -v 131060 40", "-c", "read 1M 512", "r.raw"]),
+        c(&["-f", "raw", "-t", "none", "-c", "write -P 0x41 0 64k", "-c", "write -P 0x42 1 3", "-c", "w 4095 2", "-c", "read -v 0 16", "-c", "read -P 0x41 8k 56k", "r.raw"]),
+        c(&["-f", "raw", "-t", "none", "-c", "write -z 0 4k", "-c", "write -z 5 100", "-c", "write -z -u 8k 8k", "-c", "read -P 0 0 16k", "-c", "read -P 0x11 16k 4k", "r.raw"]),
+        c(&["-f", "raw", "-t", "none", "-c", "discard 0 64k", "-c", "discard 4097 8192", "-c", "read -P 0 0 64k", "-c", "read -P 0x22 128k 4k", "r.raw"]),
+        c(&["-f", "raw", "-t", "none", "-c", "writev -P 0x43 0 512 1k", "-c", "writev -q 1k 3 5", "-c", "aio_write -P 0x44 4k 4k 4k", "-c", "aio_flush", "-c", "readv -P 0x44 4k 4k 4k", "r.raw"]),
+        c(&["-f", "raw", "-t", "none", "-c", "write 1023k 2k", "-c", "truncate 2M", "-c", "write -P 0x48 1M 4k", "-c", "read -P 0x48 1M 4k", "-c", "length", "r.raw"]),
+        c(&["-f", "raw", "-t", "none", "-c", "length", "-c", "read 900 100", "-c", "read -P 0 1000 24", "-c", "write 1020 4", "-c", "length", "odd.raw"]),
+        c(&["-f", "raw", "-t", "directsync", "-c", "write -P 0x45 0 4k", "-c", "write -P 0x46 100 10", "-c", "write -z 8k 4k", "-c", "discard 16k 4k", "-c", "read -v 96 20", "-c", "read -P 0 8k 12k", "r.raw"]),
+        c(&["-f", "raw", "-t", "directsync", "-c", "write 1020 4", "-c", "read -v 1000 24", "-c", "flush", "odd.raw"]),
+        c(&["-f", "raw", "-n", "-c", "write -P 0x47 0 4k", "-c", "write -P 0x48 4097 3", "-c", "write -z 1 1", "-c", "discard 8k 8k", "-c", "read -v 0 8", "-c", "read -P 0 8k 8k", "r.raw"]),
+        c(&["-f", "raw", "--nocache", "-c", "read -P 0x11 0 64k", "-c", "write -q -P 0x49 3 4k", "r.raw"]),
+        c(&["-t", "none", "-c", "write -P 0x71 0 64k", "-c", "write -P 0x72 70000 3", "-c", "write -z 128k 64k", "-c", "discard 0 64k", "-c", "map", "-c", "read -P 0 0 64k", "e.qcow2"]),
+        c(&["-t", "none", "-c", "read -P 0 0 4k", "-c", "read -P 0x33 4k 60k", "-c", "read -P 0x55 64k 64k", "-c", "read -P 0x44 192k 64k", "-c", "write -P 0x7a 70000 100", "-c", "write -P 0x7b 200k 1", "-c", "read -v 204790 20", "-c", "map", "t.qcow2"]),
+        c(&["-t", "directsync", "-c", "write -P 0x73 64k 4k", "-c", "write -z -u 0 64k", "-c", "write -c -P 0x74 256k 64k", "-c", "read -P 0x74 256k 64k", "-c", "map", "b.qcow2"]),
+        c(&["-n", "-c", "write -P 0x75 1 4k", "-c", "discard 64k 64k", "-c", "read -P 0x33 64k 64k", "-c", "truncate 2M", "-c", "map", "t.qcow2"]),
+        c(&["-c", "open -n -o driver=raw r.raw", "-c", "write -P 0x4a 7 9", "-c", "read -v 0 16", "-c", "close", "-c", "open -t directsync t.qcow2", "-c", "write -q -P 0x4b 64k 4k", "-c", "read -P 0x4b 64k 4k"]),
+        c(&["-f", "raw", "-c", "reopen -c none", "-c", "write -P 0x4c 0 4k", "-c", "reopen -c writeback", "-c", "read -P 0x4c 0 4k", "-c", "reopen -r -c directsync", "-c", "read -P 0x4c 0 4k", "r.raw"]),
+        c(&["--image-opts", "-c", "write -q -P 0x4d 5 5", "-c", "read -v 0 16", "driver=raw,file.filename=r.raw,cache.direct=on"]),
+        c(&["-f", "raw", "-t", "off", "-c", "read -P 0x11 0 4k", "r.raw"]),
+    ]);
+}
+
 /// `--help` and usage after a bad option name the program: `qemu-io` under
 /// that name, `diskimg io` as `diskimg io`; the last lines name diskimg
 /// instead of QEMU's bug-report address. Everything else is qemu-io's.
