@@ -552,3 +552,83 @@ fn usage_names_the_program() {
         );
     }
 }
+
+/// The descriptors a running process holds on `file`: their open flags
+/// (from /proc/PID/fdinfo).
+fn open_flags_of(pid: u32, file: &Path) -> Vec<i32> {
+    let mut flags = Vec::new();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return flags;
+    };
+    for fd in fds.flatten() {
+        if std::fs::read_link(fd.path()).ok().as_deref() != Some(file) {
+            continue;
+        }
+        let info = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
+        let Ok(text) = std::fs::read_to_string(info) else {
+            continue;
+        };
+        for l in text.lines() {
+            if let Some(v) = l.strip_prefix("flags:") {
+                flags.push(i32::from_str_radix(v.trim(), 8).expect("octal flags"));
+            }
+        }
+    }
+    flags
+}
+
+/// The direct modes really open every file of the chain with O_DIRECT (as
+/// the kernel reports the descriptors of the running process), and the
+/// others do not.
+#[test]
+fn direct_modes_really_open_with_o_direct() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().canonicalize().expect("canonical tempdir");
+    make_fixtures(&dir);
+    let cases: &[(&[&str], &[&str], bool)] = &[
+        (&["-f", "raw", "-t", "none"], &["r.raw"], true),
+        (&["-f", "raw", "-t", "directsync"], &["r.raw"], true),
+        (&["-f", "raw", "-n"], &["r.raw"], true),
+        (&["-f", "raw", "-r", "-t", "off"], &["r.raw"], true),
+        (&["-t", "none"], &["t.qcow2", "b.qcow2"], true),
+        (&["-f", "raw", "-t", "writeback"], &["r.raw"], false),
+        (&["-f", "raw"], &["r.raw"], false),
+        (&["-t", "unsafe"], &["t.qcow2", "b.qcow2"], false),
+    ];
+    for (args, files, direct) in cases {
+        let mut child = Command::new(diskimg_bin())
+            .arg("io")
+            .args(*args)
+            .arg(files[0])
+            .current_dir(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn diskimg io");
+        // Wait until the files are open (the session then waits on stdin).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let want = if *direct { 2 } else { 1 };
+        let seen = loop {
+            let seen = files
+                .iter()
+                .map(|f| open_flags_of(child.id(), &dir.join(f)))
+                .collect::<Vec<_>>();
+            if seen.iter().all(|fl| fl.len() >= want) || std::time::Instant::now() > deadline {
+                break seen;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        drop(child.stdin.take());
+        let _ = child.wait();
+        for (f, fl) in files.iter().zip(&seen) {
+            let n_direct = fl.iter().filter(|x| *x & libc::O_DIRECT != 0).count();
+            assert_eq!(
+                n_direct,
+                usize::from(*direct),
+                "{args:?}: {f}: descriptors' flags {fl:?}"
+            );
+            assert_eq!(fl.len(), want, "{args:?}: {f}: descriptors' flags {fl:?}");
+        }
+    }
+}
