@@ -434,15 +434,22 @@ def build_random_raw(path, size):
 
 def bench_workloads(work, tag, scale, only, ready_file):
     """4 KiB sequential and random reads and writes at depth 1 and 64 on raw,
-    qcow2 and qcow2 with preallocation=metadata. Reads go to images full of
-    data; every write run gets a fresh image (made untimed before the run).
-    The figure is the `Run completed in` time each program reports."""
+    qcow2 and qcow2 with preallocation=metadata (page cache, writeback), and
+    4 KiB random reads and writes at depth 1 and 64 on raw and qcow2 with
+    O_DIRECT (`-t none`). Reads go to images full of data; every write run
+    gets a fresh image (made untimed before the run). The figure is the
+    `Run completed in` time each program reports."""
     names = []
     for op in ("read", "write"):
         for pat in ("seq", "rand"):
             for depth in (1, 64):
                 for img in BENCH_IMAGES:
-                    names.append((f"d-{op}-{pat}-{depth}-{img}", op, pat, depth, img))
+                    names.append((f"d-{op}-{pat}-{depth}-{img}", op, pat, depth, img, None))
+    # O_DIRECT (`-t none`): 4 KiB random requests, raw and qcow2.
+    for op in ("read", "write"):
+        for depth in (1, 64):
+            for img in ("raw", "qcow2"):
+                names.append((f"d-{op}-rand-{depth}-{img}-none", op, "rand", depth, img, "none"))
     wanted = [n for n in names if "d" in only or n[0] in only]
     if not wanted:
         return []
@@ -452,10 +459,12 @@ def bench_workloads(work, tag, scale, only, ready_file):
     if any(n[1] == "read" for n in wanted):
         data = ready_file(os.path.join(work, f"bench-data.{tag}.raw"), lambda p: build_random_raw(p, size))
     loads = []
-    for name, op, pat, depth, img in wanted:
+    for name, op, pat, depth, img, cache in wanted:
         fmt, opts = BENCH_IMAGES[img]
         step = "4096" if pat == "seq" else str(RANDOM_STEP)
         args = ["bench", "-f", fmt, "-c", count, "-d", str(depth), "-s", "4096", "-S", step]
+        if cache:
+            args += ["-t", cache]
         if op == "read":
             if fmt == "raw":
                 path = data
