@@ -325,6 +325,8 @@ fn errors_match_qemu_img() {
         &["-i", "native", "-t", "writethrough", "r.raw"],
         &["-t", "unsafe", "-n", "r.raw"],
         &["-t", "none", "-i", "native", "-t", "writeback", "r.raw"],
+        // A file system without O_DIRECT (procfs).
+        &["-c", "1", "-t", "none", "-f", "raw", "/proc/self/status"],
         &["-c", "10"],
         &["-c", "10", "r.raw", "r.raw"],
         &["-c", "10", "nonexist.raw"],

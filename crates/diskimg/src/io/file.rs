@@ -471,6 +471,20 @@ mod direct_tests {
         assert_eq!(b.direct_alignment(), None);
     }
 
+    /// A file whose file system has no O_DIRECT (procfs here) fails the
+    /// open with QEMU's one line naming it; a buffered open works.
+    #[test]
+    fn no_o_direct_gives_qemus_error() {
+        let p = "/proc/self/status";
+        assert!(FileStorage::open(p, OpenMode::ReadOnly).is_ok());
+        let e = FileStorage::open_with(p, OpenMode::ReadOnly, true).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "Could not open '/proc/self/status': filesystem does not support O_DIRECT"
+        );
+        assert_eq!(e.kind(), crate::ErrorKind::Io);
+    }
+
     #[test]
     fn aligned_misaligned_and_unaligned_requests() {
         let len = 4 << 20;
