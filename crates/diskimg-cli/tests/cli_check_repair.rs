@@ -96,6 +96,22 @@ fn leaks_are_repaired_like_qemu_img() {
     }
 }
 
+/// The same repairs with the image opened with O_DIRECT (`-T none`,
+/// `directsync`, `off`).
+#[test]
+fn repairs_with_direct_cache_modes_like_qemu_img() {
+    for cache in ["none", "directsync", "off"] {
+        let s = Scratch::new();
+        pair(&s, &|n| {
+            set_refcount(&s, n, 7, 1);
+            set_refcount(&s, n, 8, 3);
+        });
+        run_both(&s, &["check", "-T", cache, "IMG"]);
+        run_both(&s, &["check", "-T", cache, "-r", "all", "IMG"]);
+        run_both(&s, &["check", "-T", cache, "--output=json", "IMG"]);
+    }
+}
+
 #[test]
 fn low_refcounts_are_fixed_and_zero_refcounts_rebuilt() {
     // A refcount too low but not zero: fixed in place with -r all.

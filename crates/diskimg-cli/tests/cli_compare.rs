@@ -63,6 +63,12 @@ fn compare_equals_qemu_img() {
         (&["a.raw"], 1),
         (&["a.raw", "b", "c"], 1),
         (&["--bogus", "a.raw", "a.raw"], 1),
+        // O_DIRECT (the mismatch is not sector-aligned).
+        (&["-T", "none", "a.raw", "diff.raw"], 1),
+        (&["-T", "none", "a.raw", "same.raw"], 0),
+        (&["-T", "directsync", "-s", "a.raw", "written.raw"], 1),
+        (&["-T", "off", "a.raw", "bigger-x.raw"], 1),
+        (&["-T", "bogus", "a.raw", "a.raw"], 2),
     ];
     for (args, rc) in cases {
         let mut full = vec!["compare"];
