@@ -385,6 +385,7 @@ def main():
     loads += bench_workloads(work, tag, scale, only, ready_file)
 
     rows = []
+    runs = []
     for w in loads:
         log(f"running {w.name} ({args.rounds} rounds)")
         r = bench(w, diskimg, qemu_img, args.rounds)
@@ -396,6 +397,7 @@ def main():
             sd, sq = r["sizes"]
             status += f" (output {sd / MIB:.1f} MiB vs {sq / MIB:.1f} MiB, {sd / sq:.3f}x)"
         rows.append((w.name, fmt_s(md), fmt_s(mq), ratio, fmt_rss(r["rss_d"]), fmt_rss(r["rss_q"]), status))
+        runs.append((w.name, r["diskimg"], r["qemu-img"]))
         for f in ("stdout.diskimg", "stdout.qemu-img", ".rss"):
             p = os.path.join(work, f)
             if os.path.exists(p):
@@ -412,6 +414,12 @@ def main():
     print(line(["-" * w for w in widths]))
     for row in rows:
         print(line(row))
+    print()
+    print("every timed run, in seconds, sorted (the noise behind each median):")
+    for name, d, q in runs:
+        print(f"  {name}")
+        print(f"    diskimg:  {' '.join(f'{v:.3f}' for v in sorted(d))}")
+        print(f"    qemu-img: {' '.join(f'{v:.3f}' for v in sorted(q))}")
 
     if not args.keep:
         log(f"removing {work} (use --keep to keep the images)")

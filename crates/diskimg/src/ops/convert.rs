@@ -105,6 +105,17 @@ impl Sink<'_> {
         match self.target {
             Target::Raw(dst) => {
                 let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+                // Reserve the run first (fallocate), then write it: ext4
+                // then maps the pages to blocks already there instead of
+                // reserving delayed allocation for each one, and the write
+                // (the critical path: writes to one file are serialised)
+                // costs less. Measured on a 4 GiB qcow2 to raw (workload a,
+                // 8 interleaved runs each): median 0.50 s against 0.66 s.
+                // Only the runs written are reserved, so holes stay holes.
+                // Not done for image targets: there the reservation also
+                // grows the file, and right after a large file was deleted
+                // it made 3-4 runs in 8 of a raw to qcow2 convert 3-4x slower.
+                dst.allocate(offset, buf.len() as u64)?;
                 dst.write_at(buf, offset)
             }
             // Image targets too: their data writes go to one file, where
