@@ -18,23 +18,8 @@
 
 mod cli_common;
 
-use std::path::Path;
-use std::process::Command;
 
-use cli_common::{Out, Scratch};
-
-fn tool(dir: &Path, prog: &str, args: &[&str]) -> Out {
-    let o = Command::new(prog)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("{prog} is needed by this test and could not run: {e}"));
-    Out {
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        rc: o.status.code().unwrap_or(-1),
-    }
-}
+use cli_common::{tool, Out, Scratch};
 
 /// Replaces the time of `Run completed in S seconds.` with `T`, after
 /// checking the line's shape.

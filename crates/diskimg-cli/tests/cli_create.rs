@@ -17,25 +17,9 @@
 
 mod cli_common;
 
-use std::path::Path;
-use std::process::Command;
 
-use cli_common::{qemu_img_bin, Out, Scratch};
+use cli_common::{qemu_img_bin, tool, Out, Scratch};
 use serde_json::Value;
-
-/// Runs a QEMU tool in `dir`; panics when it cannot run at all.
-fn tool(dir: &Path, prog: &str, args: &[&str]) -> Out {
-    let o = Command::new(prog)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("{prog} is needed by this test and could not run: {e}"));
-    Out {
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        rc: o.status.code().unwrap_or(-1),
-    }
-}
 
 /// Two scratch directories with the same backing files: one for qemu-img,
 /// one for diskimg.

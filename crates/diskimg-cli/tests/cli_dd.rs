@@ -13,23 +13,8 @@
 
 mod cli_common;
 
-use std::path::Path;
-use std::process::Command;
 
-use cli_common::{pattern, qemu_img_bin, Out, Scratch};
-
-fn tool(dir: &Path, prog: &str, args: &[&str]) -> Out {
-    let o = Command::new(prog)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("{prog} is needed by this test and could not run: {e}"));
-    Out {
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        rc: o.status.code().unwrap_or(-1),
-    }
-}
+use cli_common::{pattern, qemu_img_bin, tool, Out, Scratch};
 
 /// Two directories with the same inputs: `q` for qemu-img, `d` for diskimg.
 struct Pair {

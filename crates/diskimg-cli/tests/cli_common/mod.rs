@@ -17,6 +17,21 @@ pub struct Out {
     pub rc: i32,
 }
 
+/// Runs a QEMU tool (looked up on PATH) in `dir`; panics when it cannot
+/// run at all, so a missing tool fails the test instead of skipping it.
+pub fn tool(dir: &Path, prog: &str, args: &[&str]) -> Out {
+    let o = Command::new(prog)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{prog} is needed by this test and could not run: {e}"));
+    Out {
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        rc: o.status.code().unwrap_or(-1),
+    }
+}
+
 /// The diskimg binary under test.
 pub fn diskimg_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_diskimg"))
