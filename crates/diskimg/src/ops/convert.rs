@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::status::status_above;
-use crate::io::Storage;
+use crate::io::{AlignedBuf, Storage};
 use crate::{BlockDevice, Error, Result};
 
 /// Bytes read per request by one worker.
@@ -311,7 +311,7 @@ pub fn convert(
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| {
-                let mut buf: Vec<u8> = Vec::new();
+                let mut buf = AlignedBuf::new(0, PAGE);
                 let r = worker(src, dst, opts, align, &cursor, &done, &failed, &mut buf);
                 if let Err(e) = r {
                     failed.store(true, Ordering::SeqCst);
@@ -344,7 +344,7 @@ fn worker(
     cursor: &Mutex<Cursor>,
     done: &AtomicU64,
     failed: &AtomicBool,
-    buf: &mut Vec<u8>,
+    buf: &mut AlignedBuf,
 ) -> Result<()> {
     loop {
         if failed.load(Ordering::Relaxed) {
@@ -366,10 +366,8 @@ fn worker(
             }
             Job::Data { offset, len } => {
                 let n = len as usize;
-                if buf.len() < n + PAGE {
-                    buf.resize(n + PAGE, 0);
-                }
-                let data = page_aligned(buf, n);
+                grow(buf, n);
+                let data = &mut buf[..n];
                 src.read_at(data, offset)
                     .map_err(|e| e.context(format!("error while reading at byte {offset}")))?;
                 let r = if opts.compress {
@@ -384,15 +382,16 @@ fn worker(
     }
 }
 
-/// Page size for buffer alignment.
+/// Alignment of the worker buffers: the kernel copies whole pages between
+/// the page cache and a page-aligned buffer several times faster than to an
+/// unaligned one, and O_DIRECT targets take them without a bounce buffer.
 const PAGE: usize = 4096;
 
-/// `n` bytes of `buf` (which holds at least `n + PAGE`) starting at a page
-/// boundary: the kernel copies whole pages between the page cache and an
-/// aligned buffer, several times faster than to an unaligned one.
-fn page_aligned(buf: &mut [u8], n: usize) -> &mut [u8] {
-    let skip = buf.as_ptr().align_offset(PAGE).min(PAGE);
-    &mut buf[skip..skip + n]
+/// Makes `buf` hold at least `n` bytes (a worker's buffer only grows).
+fn grow(buf: &mut AlignedBuf, n: usize) {
+    if buf.len() < n {
+        *buf = AlignedBuf::new(n, PAGE);
+    }
 }
 
 /// Makes `[offset, offset + len)` of the target read as zeros.
@@ -401,14 +400,12 @@ fn write_zeros(
     opts: &ConvertOptions,
     offset: u64,
     len: u64,
-    buf: &mut Vec<u8>,
+    buf: &mut AlignedBuf,
 ) -> Result<()> {
     if opts.sparse_size == 0 {
         // Fully allocated output: real zeros on disk.
         let chunk = CHUNK.min(len) as usize;
-        if buf.len() < chunk {
-            buf.resize(chunk, 0);
-        }
+        grow(buf, chunk);
         buf[..chunk].fill(0);
         let mut pos = offset;
         let end = offset + len;
