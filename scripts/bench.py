@@ -145,9 +145,10 @@ TIME = shutil.which("time") and os.path.exists("/usr/bin/time") and "/usr/bin/ti
 
 
 def measure(argv, cwd, stdout_path=None):
-    """Runs argv once; returns (rc, wall seconds, peak RSS KiB or None, stderr)."""
+    """Runs argv once; returns (rc, wall seconds, peak RSS KiB or None,
+    CPU seconds (user + system) or None, stderr)."""
     rss_file = os.path.join(cwd, ".rss")
-    full = [TIME, "-f", "%M", "-o", rss_file] + argv if TIME else argv
+    full = [TIME, "-f", "%M %U %S", "-o", rss_file] + argv if TIME else argv
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     out = open(stdout_path, "wb") if stdout_path else subprocess.DEVNULL
     t0 = time.perf_counter()
@@ -157,13 +158,14 @@ def measure(argv, cwd, stdout_path=None):
         if stdout_path:
             out.close()
     wall = time.perf_counter() - t0
-    rss = None
+    rss = cpu = None
     if TIME:
         try:
             with open(rss_file) as f:
-                rss = int(f.read().strip().splitlines()[-1])
+                m, u, s = f.read().strip().splitlines()[-1].split()
+            rss, cpu = int(m), float(u) + float(s)
         except (OSError, ValueError, IndexError):
-            rss = None
+            rss = cpu = None
     else:
         # ru_maxrss of all children so far: only meaningful when it grew.
         after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -172,7 +174,7 @@ def measure(argv, cwd, stdout_path=None):
     if TIME and p.returncode != 0:
         # /usr/bin/time prints "Command exited with non-zero status N" into -o; keep stderr clean.
         pass
-    return p.returncode, wall, rss, err
+    return p.returncode, wall, rss, cpu, err
 
 
 def same_file(a, b):
@@ -211,7 +213,8 @@ def masked(path):
 
 def bench(work, diskimg, qemu_img, rounds):
     w, d, q = work, diskimg, qemu_img
-    res = {"diskimg": [], "qemu-img": [], "rss_d": [], "rss_q": [], "status": "ok", "sizes": None}
+    res = {"diskimg": [], "qemu-img": [], "rss_d": [], "rss_q": [], "cpu_d": [], "cpu_q": [],
+           "status": "ok", "sizes": None}
     cwd = args_dir
     # Round 0 is a warm-up (untimed; its outputs are the ones checked): it
     # brings the source into the page cache and leaves each program an
@@ -239,7 +242,7 @@ def bench(work, diskimg, qemu_img, rounds):
             # way. Both programs get the same treatment.
             if out and os.path.exists(out):
                 os.remove(out)
-            rc, wall, rss, err = measure(argv, cwd, sout)
+            rc, wall, rss, cpu, err = measure(argv, cwd, sout)
             if rc == 0 and w.run_time:
                 with open(sout, "rb") as f:
                     m = RUN_COMPLETED.search(f.read())
@@ -255,6 +258,8 @@ def bench(work, diskimg, qemu_img, rounds):
                 continue
             if rnd > 0:
                 res[who].append(wall)
+                if cpu is not None:
+                    res["cpu_d" if who == "diskimg" else "cpu_q"].append(cpu)
             if rss is not None:
                 res["rss_d" if who == "diskimg" else "rss_q"].append(rss)
         if res["status"] != "ok":
@@ -285,6 +290,10 @@ def bench(work, diskimg, qemu_img, rounds):
 
 def fmt_s(v):
     return f"{v:.3f}" if v is not None else "-"
+
+
+def fmt_cpu(v):
+    return f"{v:.2f}" if v is not None else "-"
 
 
 def fmt_rss(v):
@@ -396,19 +405,24 @@ def main():
         if r["sizes"]:
             sd, sq = r["sizes"]
             status += f" (output {sd / MIB:.1f} MiB vs {sq / MIB:.1f} MiB, {sd / sq:.3f}x)"
-        rows.append((w.name, fmt_s(md), fmt_s(mq), ratio, fmt_rss(r["rss_d"]), fmt_rss(r["rss_q"]), status))
+        cd = statistics.median(r["cpu_d"]) if r["cpu_d"] else None
+        cq = statistics.median(r["cpu_q"]) if r["cpu_q"] else None
+        rows.append((w.name, fmt_s(md), fmt_s(mq), ratio, fmt_cpu(cd), fmt_cpu(cq),
+                     fmt_rss(r["rss_d"]), fmt_rss(r["rss_q"]), status))
         runs.append((w.name, r["diskimg"], r["qemu-img"]))
         for f in ("stdout.diskimg", "stdout.qemu-img", ".rss"):
             p = os.path.join(work, f)
             if os.path.exists(p):
                 os.remove(p)
 
-    head = ("workload", "diskimg s", "qemu-img s", "ratio", "diskimg MiB", "qemu-img MiB", "status")
+    head = ("workload", "diskimg s", "qemu-img s", "ratio", "diskimg cpu", "qemu-img cpu",
+            "diskimg MiB", "qemu-img MiB", "status")
     widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
     line = lambda x: "  ".join(str(v).ljust(widths[i]) for i, v in enumerate(x))
     print(f"diskimg: {diskimg}")
     print(f"qemu-img: {subprocess.run([qemu_img, '--version'], stdout=subprocess.PIPE).stdout.decode().splitlines()[0]}")
-    print(f"rounds: {args.rounds} timed after 1 warm-up (median wall time; peak RSS = max over rounds; "
+    print(f"rounds: {args.rounds} timed after 1 warm-up (median wall time; cpu = median user + system "
+          f"seconds; peak RSS = max over rounds; "
           f"RSS via {'/usr/bin/time -f %M' if TIME else 'getrusage(RUSAGE_CHILDREN)'})")
     print(line(head))
     print(line(["-" * w for w in widths]))
