@@ -1,0 +1,124 @@
+//! A raw deflate (RFC 1951) encoder for qcow2's zlib-compressed clusters.
+//!
+//! QEMU inflates a compressed cluster with a 4 KiB window
+//! (`inflateInit2(-12)`), so no back-reference may reach farther than 4096
+//! bytes; general deflate encoders either assume a 32 KiB window
+//! (libdeflate) or, limited to 4 KiB, are slow (zlib at level 2) or use only
+//! the fixed code (zlib-rs at level 1). This one is built for the case:
+//!
+//! - [`matcher`]: greedy hash-chain match finding over the 4 KiB window,
+//!   minimum match 4, one step of lazy evaluation for short matches;
+//! - [`symbols`]: the block's literals and matches with their frequencies;
+//! - [`block`]: per block, dynamic Huffman codes (length-limited, see
+//!   [`huffman`]) priced against the fixed code and a stored block, the
+//!   cheapest written;
+//! - [`bitwriter`]: a 64-bit bit buffer stored 8 bytes at a time.
+//!
+//! Blocks end every [`BLOCK_SYMS`] symbols so that codes follow the data
+//! in large clusters. One [`Encoder`] per thread is reused: after its
+//! creation no cluster allocates, except to grow the caller's output
+//! vector.
+
+mod bitwriter;
+mod block;
+mod huffman;
+mod matcher;
+mod symbols;
+mod tables;
+
+use bitwriter::BitWriter;
+use block::BlockWriter;
+use matcher::Matcher;
+pub use matcher::Params;
+use symbols::Symbols;
+
+/// Symbols per block (see the module documentation).
+pub const BLOCK_SYMS: usize = 16 * 1024;
+
+/// The match finder's settings (see [`Params`]).
+pub const PARAMS: Params = Params {
+    depth: 4,
+    nice: 32,
+    insert_max: 16,
+    lazy_below: 8,
+};
+
+/// Inputs at least this long are refused (positions are 32-bit).
+const MAX_INPUT: usize = 1 << 30;
+
+/// Reusable deflate state (see the module documentation).
+pub struct Encoder {
+    matcher: Matcher,
+    syms: Symbols,
+    block: BlockWriter,
+}
+
+impl Default for Encoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Encoder {
+    /// An encoder with the default settings.
+    pub fn new() -> Self {
+        Self::with_params(PARAMS, BLOCK_SYMS)
+    }
+
+    /// An encoder with other match-finder settings and block size (for
+    /// measurements).
+    pub fn with_params(params: Params, block_syms: usize) -> Self {
+        Encoder {
+            matcher: Matcher::new(params),
+            syms: Symbols::new(block_syms),
+            block: BlockWriter::new(),
+        }
+    }
+
+    /// Writes into `out` (replacing its contents) a complete raw deflate
+    /// stream of `input` whose back-references all lie within 4096 bytes,
+    /// and returns true; returns false, with `out` empty, when the stream
+    /// would take more than `limit` bytes or `input` is 1 GiB or more.
+    pub fn compress(&mut self, input: &[u8], out: &mut Vec<u8>, limit: usize) -> bool {
+        out.clear();
+        if input.len() >= MAX_INPUT {
+            return false;
+        }
+        // 8 bytes of slack for the bit writer's whole-word stores.
+        out.resize(limit.saturating_add(8), 0);
+        let written = self.encode(input, &mut out[..], limit);
+        match written {
+            Some(n) if n <= limit => {
+                out.truncate(n);
+                true
+            }
+            _ => {
+                out.clear();
+                false
+            }
+        }
+    }
+
+    fn encode(&mut self, input: &[u8], out: &mut [u8], limit: usize) -> Option<usize> {
+        let mut w = BitWriter::new(out);
+        self.matcher.start(input.len());
+        let mut p = 0;
+        loop {
+            self.syms.clear();
+            let start = p;
+            p = self.matcher.run(input, p, &mut self.syms);
+            let last = p >= input.len();
+            self.block
+                .write(&mut w, &self.syms, input.get(start..p)?, last);
+            if w.overflowed() || w.len() > limit {
+                return None;
+            }
+            if last {
+                return w.finish();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
