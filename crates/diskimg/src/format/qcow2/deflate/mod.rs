@@ -6,8 +6,9 @@
 //! (libdeflate) or, limited to 4 KiB, are slow (zlib at level 2) or use only
 //! the fixed code (zlib-rs at level 1). This one is built for the case:
 //!
-//! - [`matcher`]: greedy hash-chain match finding over the 4 KiB window,
-//!   minimum match 4, one step of lazy evaluation for short matches;
+//! - [`matcher`]: greedy match finding over the 4 KiB window with a
+//!   one-entry hash table, minimum match 4, one step of lazy evaluation
+//!   for short matches;
 //! - [`symbols`]: the block's literals and matches with their frequencies;
 //! - [`block`]: per block, dynamic Huffman codes (length-limited, see
 //!   [`huffman`]) priced against the fixed code and a stored block, the
@@ -37,10 +38,9 @@ pub const BLOCK_SYMS: usize = 16 * 1024;
 
 /// The match finder's settings (see [`Params`]).
 pub const PARAMS: Params = Params {
-    depth: 4,
-    nice: 32,
     insert_max: 16,
     lazy_below: 8,
+    skip_after: 0,
 };
 
 /// Inputs at least this long are refused (positions are 32-bit).
@@ -101,7 +101,7 @@ impl Encoder {
 
     fn encode(&mut self, input: &[u8], out: &mut [u8], limit: usize) -> Option<usize> {
         let mut w = BitWriter::new(out);
-        self.matcher.start(input.len());
+        self.matcher.start();
         let mut p = 0;
         loop {
             self.syms.clear();
