@@ -1,36 +1,29 @@
 //! An LSB-first bit writer (RFC 1951 §3.1.1) over a caller-sized byte slice.
 //!
-//! Bits gather in a 64-bit buffer; `flush` stores the whole buffer as 8
-//! bytes at the current position and advances by the complete bytes only,
-//! so a flush costs one unaligned store and no per-byte loop. The slice
-//! therefore needs 8 bytes of slack past the largest output the caller
-//! accepts. When a store would not fit, the writer records the overflow
-//! and drops bits: the caller checks [`BitWriter::overflowed`] and discards
-//! the output.
+//! Bits gather in a 64-bit accumulator; a flush stores the whole
+//! accumulator as 8 bytes at the current position and advances by the
+//! complete bytes only, so it costs one unaligned store and no per-byte
+//! loop. The slice therefore needs 8 bytes of slack past the largest output
+//! the caller accepts. When a store would not fit, the writer records the
+//! overflow and drops bits: the caller checks [`BitWriter::overflowed`] and
+//! discards the output.
+//!
+//! Hot loops copy the [`Acc`] into a local (so it lives in registers), work
+//! on it with the output slice from [`BitWriter::parts`], and put it back.
 
-/// See the module documentation.
-pub struct BitWriter<'a> {
-    out: &'a mut [u8],
-    pos: usize,
+/// The accumulator and position: small and `Copy` so that loops can keep
+/// it in registers.
+#[derive(Clone, Copy)]
+pub struct Acc {
+    /// Output position of the accumulator's first byte.
+    pub pos: usize,
     buf: u64,
     /// Pending bits in `buf`. Invariant: < 8 after `flush`, and callers add
     /// at most 56 bits between flushes, so it never exceeds 63.
     nbits: u32,
-    overflow: bool,
 }
 
-impl<'a> BitWriter<'a> {
-    /// A writer at the start of `out`.
-    pub fn new(out: &'a mut [u8]) -> Self {
-        BitWriter {
-            out,
-            pos: 0,
-            buf: 0,
-            nbits: 0,
-            overflow: false,
-        }
-    }
-
+impl Acc {
     /// Adds the low `n` bits of `bits` (the rest must be zero). The caller
     /// flushes before more than 56 bits are pending.
     #[inline(always)]
@@ -39,44 +32,89 @@ impl<'a> BitWriter<'a> {
         self.nbits += n;
     }
 
-    /// Writes the complete bytes pending (see the module documentation).
+    /// Writes the complete bytes pending into `out`; returns false (and
+    /// drops them) when 8 bytes do not fit at the position.
     #[inline(always)]
-    pub fn flush(&mut self) {
+    pub fn flush(&mut self, out: &mut [u8]) -> bool {
         let nbytes = (self.nbits >> 3) as usize;
-        match self.out.get_mut(self.pos..self.pos + 8) {
+        let ok = match out.get_mut(self.pos..self.pos + 8) {
             Some(dst) => {
                 dst.copy_from_slice(&self.buf.to_le_bytes());
                 self.pos += nbytes;
+                true
             }
-            None => self.overflow = true,
-        }
+            None => false,
+        };
         // nbits <= 63 so the shift is < 64.
         self.buf >>= nbytes * 8;
         self.nbits &= 7;
+        ok
+    }
+}
+
+/// See the module documentation.
+pub struct BitWriter<'a> {
+    out: &'a mut [u8],
+    acc: Acc,
+    overflow: bool,
+}
+
+impl<'a> BitWriter<'a> {
+    /// A writer at the start of `out`.
+    pub fn new(out: &'a mut [u8]) -> Self {
+        BitWriter {
+            out,
+            acc: Acc {
+                pos: 0,
+                buf: 0,
+                nbits: 0,
+            },
+            overflow: false,
+        }
+    }
+
+    /// The accumulator and the output, for a hot loop; the loop reports an
+    /// overflow with [`Self::set_overflow`] and stores the accumulator back
+    /// with [`Self::set_acc`].
+    pub fn parts(&mut self) -> (Acc, &mut [u8]) {
+        (self.acc, self.out)
+    }
+
+    /// See [`Self::parts`].
+    pub fn set_acc(&mut self, acc: Acc) {
+        self.acc = acc;
+    }
+
+    /// See [`Self::parts`].
+    pub fn set_overflow(&mut self) {
+        self.overflow = true;
     }
 
     /// Adds bits then flushes: for the cold paths (block headers).
     pub fn put(&mut self, bits: u64, n: u32) {
-        self.add(bits, n);
-        self.flush();
+        self.acc.add(bits, n);
+        if !self.acc.flush(self.out) {
+            self.overflow = true;
+        }
     }
 
     /// Pads to a byte boundary with zero bits and flushes.
     pub fn align(&mut self) {
-        self.flush();
-        if self.nbits > 0 {
-            self.nbits = 8;
-            self.flush();
+        self.put(0, 0);
+        if self.acc.nbits > 0 {
+            self.acc.nbits = 8;
+            self.put(0, 0);
         }
     }
 
     /// Appends raw bytes; the writer must be byte-aligned ([`Self::align`]).
     pub fn bytes(&mut self, data: &[u8]) {
-        debug_assert_eq!(self.nbits, 0);
-        match self.out.get_mut(self.pos..self.pos + data.len()) {
+        debug_assert_eq!(self.acc.nbits, 0);
+        let pos = self.acc.pos;
+        match self.out.get_mut(pos..pos + data.len()) {
             Some(dst) => {
                 dst.copy_from_slice(data);
-                self.pos += data.len();
+                self.acc.pos += data.len();
             }
             None => self.overflow = true,
         }
@@ -84,7 +122,7 @@ impl<'a> BitWriter<'a> {
 
     /// Bytes the stream takes so far, counting a partial last byte.
     pub fn len(&self) -> usize {
-        self.pos + (self.nbits as usize).div_ceil(8)
+        self.acc.pos + (self.acc.nbits as usize).div_ceil(8)
     }
 
     /// Whether some output did not fit in the slice.
@@ -99,7 +137,7 @@ impl<'a> BitWriter<'a> {
         if self.overflow {
             None
         } else {
-            Some(self.pos)
+            Some(self.acc.pos)
         }
     }
 }

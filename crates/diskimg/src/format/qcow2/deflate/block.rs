@@ -7,7 +7,7 @@ use super::huffman::{canonical_codes, HuffmanBuilder, MAX_BITS};
 use super::symbols::Symbols;
 use super::tables::{
     dist_code, CL_ORDER, DIST_BASE, DIST_EXTRA, END_OF_BLOCK, LEN_BASE, LEN_CODE, LEN_EXTRA,
-    NUM_DIST, NUM_LITLEN,
+    MAX_MATCH, NUM_DIST, NUM_LITLEN,
 };
 
 /// Longest code of the code-length alphabet.
@@ -19,6 +19,8 @@ const STORED_MAX: usize = 0xffff;
 struct Code<const N: usize> {
     lens: [u8; N],
     codes: [u16; N],
+    /// `code | length << 16` of each symbol, for the emitting loop.
+    packed: [u32; N],
 }
 
 impl<const N: usize> Code<N> {
@@ -26,11 +28,19 @@ impl<const N: usize> Code<N> {
         Code {
             lens: [0; N],
             codes: [0; N],
+            packed: [0; N],
         }
     }
 
     fn assign_codes(&mut self) {
         canonical_codes(&self.lens, &mut self.codes);
+        self.pack();
+    }
+
+    fn pack(&mut self) {
+        for ((p, &c), &l) in self.packed.iter_mut().zip(&self.codes).zip(&self.lens) {
+            *p = u32::from(c) | u32::from(l) << 16;
+        }
     }
 }
 
@@ -46,6 +56,9 @@ pub struct BlockWriter {
     /// Run-length coded code lengths: symbol (0..=18) | extra value << 8.
     cl_items: [u16; NUM_LITLEN + NUM_DIST],
     n_items: usize,
+    /// For each match length: its length code and extra bits, packed as
+    /// `bits | count << 24`.
+    len_tab: [u32; MAX_MATCH + 1],
 }
 
 impl BlockWriter {
@@ -67,6 +80,7 @@ impl BlockWriter {
         let mut fixed_lit = Code::new();
         fixed_lit.lens.copy_from_slice(&lens288[..NUM_LITLEN]);
         fixed_lit.codes.copy_from_slice(&codes288[..NUM_LITLEN]);
+        fixed_lit.pack();
         let mut fixed_dist = Code::new();
         fixed_dist.lens.fill(5);
         fixed_dist.assign_codes();
@@ -80,6 +94,7 @@ impl BlockWriter {
             cl_freq: [0; 19],
             cl_items: [0; NUM_LITLEN + NUM_DIST],
             n_items: 0,
+            len_tab: [0; MAX_MATCH + 1],
         }
     }
 
@@ -120,7 +135,8 @@ impl BlockWriter {
             write_stored(w, raw, last);
         } else if fixed <= dynamic {
             w.put(u64::from(last) | (1 << 1), 3);
-            emit(w, syms, &self.fixed_lit, &self.fixed_dist);
+            fill_len_tab(&mut self.len_tab, &self.fixed_lit);
+            emit(w, syms, &self.fixed_lit, &self.fixed_dist, &self.len_tab);
         } else {
             self.lit.assign_codes();
             self.dist.assign_codes();
@@ -134,16 +150,16 @@ impl BlockWriter {
             }
             for &item in &self.cl_items[..self.n_items] {
                 let s = (item & 0xff) as usize;
-                w.add(u64::from(self.cl.codes[s]), u32::from(self.cl.lens[s]));
+                w.put(u64::from(self.cl.codes[s]), u32::from(self.cl.lens[s]));
                 match s {
-                    16 => w.add(u64::from(item >> 8), 2),
-                    17 => w.add(u64::from(item >> 8), 3),
-                    18 => w.add(u64::from(item >> 8), 7),
+                    16 => w.put(u64::from(item >> 8), 2),
+                    17 => w.put(u64::from(item >> 8), 3),
+                    18 => w.put(u64::from(item >> 8), 7),
                     _ => {}
                 }
-                w.flush();
             }
-            emit(w, syms, &self.lit, &self.dist);
+            fill_len_tab(&mut self.len_tab, &self.lit);
+            emit(w, syms, &self.lit, &self.dist, &self.len_tab);
         }
     }
 
@@ -233,39 +249,57 @@ fn extra_bits(syms: &Symbols) -> u64 {
     len + dist
 }
 
+/// Packs, for every match length, its length symbol's code followed by
+/// its extra bits.
+fn fill_len_tab(tab: &mut [u32; MAX_MATCH + 1], lit: &Code<NUM_LITLEN>) {
+    for (len, t) in tab.iter_mut().enumerate().skip(3) {
+        let lc = LEN_CODE[len] as usize;
+        let e = lit.packed[257 + lc];
+        let (code, n) = (e & 0xffff, e >> 16);
+        let extra = len as u32 - u32::from(LEN_BASE[lc]);
+        *t = (code | extra << n) | (n + u32::from(LEN_EXTRA[lc])) << 24;
+    }
+}
+
 /// Writes the symbols with the given codes, then the end of block.
-fn emit(w: &mut BitWriter, syms: &Symbols, lit: &Code<NUM_LITLEN>, dist: &Code<NUM_DIST>) {
+fn emit(
+    w: &mut BitWriter,
+    syms: &Symbols,
+    lit: &Code<NUM_LITLEN>,
+    dist: &Code<NUM_DIST>,
+    len_tab: &[u32; MAX_MATCH + 1],
+) {
+    let (mut a, out) = w.parts();
+    let mut ok = true;
     for &s in &syms.seq {
         if s < 256 {
-            let s = s as usize;
-            w.add(u64::from(lit.codes[s]), u32::from(lit.lens[s]));
+            let e = lit.packed[s as usize];
+            a.add(u64::from(e & 0xffff), e >> 16);
         } else {
-            // Matches: at most 15 + 5 + 15 + 10 = 45 bits before the flush.
-            let len = (s >> 16) as usize;
+            // A match: at most 15 + 5 + 15 + 10 = 45 bits before the flush.
+            let e = len_tab[(s >> 16) as usize];
+            a.add(u64::from(e & 0xff_ffff), e >> 24);
             let d = s & 0xffff;
-            let lc = LEN_CODE[len] as usize;
-            w.add(
-                u64::from(lit.codes[257 + lc]),
-                u32::from(lit.lens[257 + lc]),
-            );
-            w.add(
-                (len - LEN_BASE[lc] as usize) as u64,
-                u32::from(LEN_EXTRA[lc]),
-            );
             let dc = dist_code(d);
-            w.add(u64::from(dist.codes[dc]), u32::from(dist.lens[dc]));
-            w.add(
+            let e = dist.packed[dc];
+            a.add(u64::from(e & 0xffff), e >> 16);
+            a.add(
                 u64::from(d - u32::from(DIST_BASE[dc])),
                 u32::from(DIST_EXTRA[dc]),
             );
         }
-        w.flush();
+        if !a.flush(out) {
+            ok = false;
+            break;
+        }
     }
-    w.add(
-        u64::from(lit.codes[END_OF_BLOCK]),
-        u32::from(lit.lens[END_OF_BLOCK]),
-    );
-    w.flush();
+    let e = lit.packed[END_OF_BLOCK];
+    a.add(u64::from(e & 0xffff), e >> 16);
+    ok &= a.flush(out);
+    w.set_acc(a);
+    if !ok {
+        w.set_overflow();
+    }
 }
 
 /// Writes `raw` as stored blocks of at most 65535 bytes (§3.2.4).
