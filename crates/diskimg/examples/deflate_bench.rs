@@ -3,7 +3,7 @@
 //! a file, on one thread.
 //!
 //! `cargo run --release -p diskimg --example deflate_bench -- FILE [ours|zlib]
-//! [insert_max lazy_below skip_after block_syms]`
+//! [insert_max lazy_below skip_shift block_syms]`
 
 use std::time::Instant;
 
@@ -13,7 +13,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let Some(path) = args.get(1) else {
         eprintln!(
-            "usage: deflate_bench FILE [ours|zlib] [insert_max lazy_below skip_after block_syms]"
+            "usage: deflate_bench FILE [ours|zlib] [insert_max lazy_below skip_shift block_syms]"
         );
         std::process::exit(2);
     };
@@ -24,7 +24,7 @@ fn main() {
     let params = Params {
         insert_max: num(3, PARAMS.insert_max),
         lazy_below: num(4, PARAMS.lazy_below),
-        skip_after: num(5, PARAMS.skip_after as usize) as u32,
+        skip_shift: num(5, PARAMS.skip_shift as usize) as u32,
     };
     let block_syms = num(6, BLOCK_SYMS);
     let mut out = Vec::with_capacity(65536 + 8);

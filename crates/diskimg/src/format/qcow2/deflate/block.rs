@@ -56,9 +56,9 @@ pub struct BlockWriter {
     /// Run-length coded code lengths: symbol (0..=18) | extra value << 8.
     cl_items: [u16; NUM_LITLEN + NUM_DIST],
     n_items: usize,
-    /// For each match length: its length code and extra bits, packed as
-    /// `bits | count << 24`.
-    len_tab: [u32; MAX_MATCH + 1],
+    /// For each match length (index `length - 3`): its length code and
+    /// extra bits, packed as `bits | count << 24`.
+    len_tab: [u32; MAX_MATCH - 2],
 }
 
 impl BlockWriter {
@@ -94,7 +94,7 @@ impl BlockWriter {
             cl_freq: [0; 19],
             cl_items: [0; NUM_LITLEN + NUM_DIST],
             n_items: 0,
-            len_tab: [0; MAX_MATCH + 1],
+            len_tab: [0; MAX_MATCH - 2],
         }
     }
 
@@ -251,8 +251,9 @@ fn extra_bits(syms: &Symbols) -> u64 {
 
 /// Packs, for every match length, its length symbol's code followed by
 /// its extra bits.
-fn fill_len_tab(tab: &mut [u32; MAX_MATCH + 1], lit: &Code<NUM_LITLEN>) {
-    for (len, t) in tab.iter_mut().enumerate().skip(3) {
+fn fill_len_tab(tab: &mut [u32; MAX_MATCH - 2], lit: &Code<NUM_LITLEN>) {
+    for (i, t) in tab.iter_mut().enumerate() {
+        let len = i + 3;
         let lc = LEN_CODE[len] as usize;
         let e = lit.packed[257 + lc];
         let (code, n) = (e & 0xffff, e >> 16);
@@ -267,19 +268,23 @@ fn emit(
     syms: &Symbols,
     lit: &Code<NUM_LITLEN>,
     dist: &Code<NUM_DIST>,
-    len_tab: &[u32; MAX_MATCH + 1],
+    len_tab: &[u32; MAX_MATCH - 2],
 ) {
     let (mut a, out) = w.parts();
     let mut ok = true;
-    for &s in &syms.seq {
+    let seq = syms.seq();
+    let mut i = 0;
+    while let Some(&s) = seq.get(i) {
+        i += 1;
         if s < 256 {
             let e = lit.packed[s as usize];
             a.add(u64::from(e & 0xffff), e >> 16);
         } else {
             // A match: at most 15 + 5 + 15 + 10 = 45 bits before the flush.
-            let e = len_tab[(s >> 16) as usize];
+            let e = len_tab[(s - 256) as usize];
             a.add(u64::from(e & 0xff_ffff), e >> 24);
-            let d = s & 0xffff;
+            let d = u32::from(seq.get(i).copied().unwrap_or(1));
+            i += 1;
             let dc = dist_code(d);
             let e = dist.packed[dc];
             a.add(u64::from(e & 0xffff), e >> 16);

@@ -11,7 +11,7 @@
 //!
 //! On literal-heavy data (text, most positions find no match) the cost per
 //! byte is what matters: the hit test is one branch that is rarely taken,
-//! and after [`Params::skip_after`] positions in a row without a match the
+//! and after 2^[`Params::skip_shift`] positions in a row without a match the
 //! finder looks at every second, then third... position (the bytes in
 //! between become literals), reset at the next match.
 
@@ -22,7 +22,7 @@ use super::tables::{MAX_MATCH, WINDOW};
 /// with a far distance rarely beats three literals).
 const MIN_LEN: usize = 4;
 /// log2 of the hash table's size: 2^14 u16 entries, 32 KiB.
-const HASH_BITS: u32 = 14;
+const HASH_BITS: u32 = 13;
 /// Reset value of the table: 4097 positions before position 0, so out of
 /// the window of the first 61439 positions (beyond, an alias is only a
 /// hint, verified like any candidate).
@@ -37,9 +37,9 @@ pub struct Params {
     /// A match shorter than this is compared with the match at the next
     /// position (one step of lazy evaluation); 0 disables it.
     pub lazy_below: usize,
-    /// After this many positions in a row without a match, the step grows
-    /// by one every this many more; 0 disables skipping.
-    pub skip_after: u32,
+    /// After 2^`skip_shift` positions in a row without a match, the step
+    /// grows by one every 2^`skip_shift` more; 0 disables skipping.
+    pub skip_shift: u32,
 }
 
 /// See the module documentation.
@@ -130,29 +130,37 @@ impl Matcher {
     /// Appends the symbols of `s[p..]` to `syms` until it is full or the
     /// input ends; returns the position reached (the block's end).
     pub fn run(&mut self, s: &[u8], mut p: usize, syms: &mut Symbols) -> usize {
+        let mut syms = syms.writer();
         let n = s.len();
         // Positions below this have the 4 bytes a hash needs.
         let hash_end = n.saturating_sub(3);
         let Params {
             insert_max,
             lazy_below,
-            skip_after,
+            skip_shift,
         } = self.params;
-        let mut misses = 0u32;
+        let skip_shift = if skip_shift == 0 {
+            63
+        } else {
+            skip_shift.min(63)
+        };
+        let mut misses = 0u64;
         while p < hash_end && !syms.is_full() {
             let (mut len, mut dist) = self.probe(s, p);
             if len == 0 {
                 // Step 1, then 2, 3... after long runs without a match.
-                let step = match skip_after {
-                    0 => 1,
-                    k => 1 + (misses / k).saturating_sub(1) as usize,
-                };
+                let step = 1 + (misses >> skip_shift) as usize;
                 misses += 1;
-                let end = (p + step).min(hash_end);
-                for &b in &s[p..end] {
-                    syms.literal(b);
+                if step == 1 {
+                    syms.literal(s[p]);
+                    p += 1;
+                } else {
+                    let end = (p + step).min(hash_end);
+                    for &b in &s[p..end] {
+                        syms.literal(b);
+                    }
+                    p = end;
                 }
-                p = end;
                 continue;
             }
             misses = 0;
@@ -182,6 +190,7 @@ impl Matcher {
             syms.literal(s[p]);
             p += 1;
         }
+        syms.finish();
         p
     }
 }

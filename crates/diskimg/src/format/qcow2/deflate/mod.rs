@@ -40,7 +40,7 @@ pub const BLOCK_SYMS: usize = 16 * 1024;
 pub const PARAMS: Params = Params {
     insert_max: 16,
     lazy_below: 8,
-    skip_after: 0,
+    skip_shift: 0,
 };
 
 /// Inputs at least this long are refused (positions are 32-bit).
