@@ -44,7 +44,7 @@ pub struct Params {
 
 /// See the module documentation.
 pub struct Matcher {
-    head: Vec<u16>,
+    head: Box<[u16; 1 << HASH_BITS]>,
     params: Params,
 }
 
@@ -90,7 +90,7 @@ impl Matcher {
     /// A match finder with an empty table.
     pub fn new(params: Params) -> Self {
         Matcher {
-            head: vec![EMPTY; 1 << HASH_BITS],
+            head: Box::new([EMPTY; 1 << HASH_BITS]),
             params,
         }
     }
@@ -109,12 +109,17 @@ impl Matcher {
         let h = hash(first);
         let cand = self.head[h];
         self.head[h] = p as u16;
-        let d = (p as u16).wrapping_sub(cand) as usize;
-        // One rarely-taken branch: an out-of-range distance compares the
-        // position with itself and is then rejected with the result.
-        let in_range = d.wrapping_sub(1) < WINDOW && d <= p;
+        let d = usize::from((p as u16).wrapping_sub(cand));
+        // One rarely-taken branch: an out-of-range distance (0, beyond the
+        // window or before the input) compares the position with itself
+        // and is then rejected with the result.
+        let in_range = d.wrapping_sub(1) < p.min(WINDOW);
         let c = if in_range { p - d } else { p };
-        if in_range & (load32(s, c) == first) {
+        // Folded into the compared value rather than `&&`: LLVM would
+        // otherwise branch on `in_range` first, and that branch is not
+        // predictable on text.
+        let out_of_range = u32::from(!in_range);
+        if (load32(s, c) ^ first) | out_of_range == 0 {
             let max = (s.len() - p).min(MAX_MATCH);
             (match_len(s, c, p, MIN_LEN, max), d)
         } else {
@@ -139,22 +144,24 @@ impl Matcher {
             lazy_below,
             skip_shift,
         } = self.params;
-        let skip_shift = if skip_shift == 0 {
-            63
+        // Positions in a row without a match before skipping starts.
+        let skip_from = if skip_shift == 0 {
+            u64::MAX
         } else {
-            skip_shift.min(63)
+            1 << skip_shift.min(32)
         };
+        let skip_shift = skip_shift.min(32);
         let mut misses = 0u64;
         while p < hash_end && !syms.is_full() {
             let (mut len, mut dist) = self.probe(s, p);
             if len == 0 {
                 // Step 1, then 2, 3... after long runs without a match.
-                let step = 1 + (misses >> skip_shift) as usize;
                 misses += 1;
-                if step == 1 {
+                if misses <= skip_from {
                     syms.literal(s[p]);
                     p += 1;
                 } else {
+                    let step = 1 + ((misses - 1) >> skip_shift) as usize;
                     let end = (p + step).min(hash_end);
                     for &b in &s[p..end] {
                         syms.literal(b);
