@@ -17,17 +17,14 @@
 
 use std::cell::RefCell;
 
+use super::deflate::Encoder;
 use super::header::CompressionType;
 
-/// The deflate level (see the module documentation).
-const ZLIB_LEVEL: u32 = 2;
-/// The window QEMU's inflater accepts: 2^12 bytes.
-const ZLIB_WINDOW_BITS: u8 = 12;
 /// The zstd level (see the module documentation).
 const ZSTD_LEVEL: i32 = 2;
 
 struct Ctx {
-    deflate: Option<flate2::Compress>,
+    deflate: Option<Box<Encoder>>,
     zstd: Option<zstd::bulk::Compressor<'static>>,
 }
 
@@ -45,26 +42,10 @@ pub fn compress_cluster(ctype: CompressionType, input: &[u8], out: &mut Vec<u8>)
     CTX.with(|c| {
         let mut c = c.borrow_mut();
         match ctype {
-            CompressionType::Zlib => {
-                let d = c.deflate.get_or_insert_with(|| {
-                    flate2::Compress::new_with_window_bits(
-                        flate2::Compression::new(ZLIB_LEVEL),
-                        false,
-                        ZLIB_WINDOW_BITS,
-                    )
-                });
-                d.reset();
-                // Room for exactly `limit` bytes: a stream that does not end
-                // within them does not fit.
-                out.resize(limit, 0);
-                match d.compress(input, out, flate2::FlushCompress::Finish) {
-                    Ok(flate2::Status::StreamEnd) => {
-                        out.truncate(d.total_out() as usize);
-                        true
-                    }
-                    _ => false,
-                }
-            }
+            CompressionType::Zlib => c
+                .deflate
+                .get_or_insert_with(|| Box::new(Encoder::new()))
+                .compress(input, out, limit),
             CompressionType::Zstd => {
                 if c.zstd.is_none() {
                     match zstd::bulk::Compressor::new(ZSTD_LEVEL) {
