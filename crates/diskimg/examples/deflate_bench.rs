@@ -3,17 +3,17 @@
 //! a file, on one thread.
 //!
 //! `cargo run --release -p diskimg --example deflate_bench -- FILE [ours|zlib]
-//! [insert_max lazy_below skip_shift block_syms]`
+//! [insert_max lazy_below skip_shift block_bytes]`
 
 use std::time::Instant;
 
-use diskimg::format::qcow2::deflate::{Encoder, Params, BLOCK_SYMS, PARAMS};
+use diskimg::format::qcow2::deflate::{Encoder, Params, BLOCK_BYTES, PARAMS};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let Some(path) = args.get(1) else {
         eprintln!(
-            "usage: deflate_bench FILE [ours|zlib] [insert_max lazy_below skip_shift block_syms]"
+            "usage: deflate_bench FILE [ours|zlib] [insert_max lazy_below skip_shift block_bytes]"
         );
         std::process::exit(2);
     };
@@ -26,7 +26,7 @@ fn main() {
         lazy_below: num(4, PARAMS.lazy_below),
         skip_shift: num(5, PARAMS.skip_shift as usize) as u32,
     };
-    let block_syms = num(6, BLOCK_SYMS);
+    let block_bytes = num(6, BLOCK_BYTES);
     let mut out = Vec::with_capacity(65536 + 8);
     let mut total = 0usize;
     let t = Instant::now();
@@ -51,7 +51,7 @@ fn main() {
             };
         }
     } else {
-        let mut enc = Encoder::with_params(params, block_syms);
+        let mut enc = Encoder::with_params(params, block_bytes);
         for ch in data.chunks(65536) {
             total += if enc.compress(ch, &mut out, ch.len() - 1) {
                 out.len()
@@ -63,7 +63,7 @@ fn main() {
     let s = t.elapsed().as_secs_f64();
     let cpu = thread_cpu_seconds() - cpu0;
     println!(
-        "{mode} {params:?} block {block_syms}: {:.0} MB/s (cpu {:.0} MB/s) ratio {:.4}",
+        "{mode} {params:?} block {block_bytes}: {:.0} MB/s (cpu {:.0} MB/s) ratio {:.4}",
         data.len() as f64 / s / 1e6,
         data.len() as f64 / cpu / 1e6,
         total as f64 / data.len() as f64

@@ -2,7 +2,7 @@
 //! for its symbols, prices the dynamic, fixed and stored encodings, and
 //! writes the cheapest.
 
-use super::bitwriter::BitWriter;
+use super::bitwriter::{Acc, BitWriter};
 use super::huffman::{canonical_codes, HuffmanBuilder, MAX_BITS};
 use super::symbols::Symbols;
 use super::tables::{
@@ -98,8 +98,8 @@ impl BlockWriter {
         }
     }
 
-    /// Writes one block holding `syms`, which encode `raw`; `last` sets the
-    /// final-block bit.
+    /// Writes one block holding `syms`, the parse of `raw` (whose bytes
+    /// are its literals); `last` sets the final-block bit.
     pub fn write(&mut self, w: &mut BitWriter, syms: &Symbols, raw: &[u8], last: bool) {
         self.huff
             .lengths(&syms.litlen, MAX_BITS, &mut self.lit.lens);
@@ -136,7 +136,14 @@ impl BlockWriter {
         } else if fixed <= dynamic {
             w.put(u64::from(last) | (1 << 1), 3);
             fill_len_tab(&mut self.len_tab, &self.fixed_lit);
-            emit(w, syms, &self.fixed_lit, &self.fixed_dist, &self.len_tab);
+            emit(
+                w,
+                syms,
+                raw,
+                &self.fixed_lit,
+                &self.fixed_dist,
+                &self.len_tab,
+            );
         } else {
             self.lit.assign_codes();
             self.dist.assign_codes();
@@ -159,7 +166,7 @@ impl BlockWriter {
                 }
             }
             fill_len_tab(&mut self.len_tab, &self.lit);
-            emit(w, syms, &self.lit, &self.dist, &self.len_tab);
+            emit(w, syms, raw, &self.lit, &self.dist, &self.len_tab);
         }
     }
 
@@ -262,42 +269,41 @@ fn fill_len_tab(tab: &mut [u32; MAX_MATCH - 2], lit: &Code<NUM_LITLEN>) {
     }
 }
 
-/// Writes the symbols with the given codes, then the end of block.
+/// Writes the block's literals and matches with the given codes, then the
+/// end of block.
 fn emit(
     w: &mut BitWriter,
     syms: &Symbols,
+    raw: &[u8],
     lit: &Code<NUM_LITLEN>,
     dist: &Code<NUM_DIST>,
     len_tab: &[u32; MAX_MATCH - 2],
 ) {
     let (mut a, out) = w.parts();
     let mut ok = true;
-    let seq = syms.seq();
-    let mut i = 0;
-    while let Some(&s) = seq.get(i) {
-        i += 1;
-        if s < 256 {
-            let e = lit.packed[s as usize];
-            a.add(u64::from(e & 0xffff), e >> 16);
-        } else {
-            // A match: at most 15 + 5 + 15 + 10 = 45 bits before the flush.
-            let e = len_tab[(s - 256) as usize];
-            a.add(u64::from(e & 0xff_ffff), e >> 24);
-            let d = u32::from(seq.get(i).copied().unwrap_or(1));
-            i += 1;
-            let dc = dist_code(d);
-            let e = dist.packed[dc];
-            a.add(u64::from(e & 0xffff), e >> 16);
-            a.add(
-                u64::from(d - u32::from(DIST_BASE[dc])),
-                u32::from(DIST_EXTRA[dc]),
-            );
-        }
-        if !a.flush(out) {
-            ok = false;
+    let mut q = 0usize;
+    for seq in &syms.seqs {
+        let lits = raw.get(q..q + seq.lits as usize).unwrap_or(&[]);
+        ok &= emit_literals(&mut a, out, lits, &lit.packed);
+        q += seq.lits as usize + seq.len as usize;
+        // A match: at most 15 + 5 + 15 + 10 = 45 bits before the flush.
+        let e = len_tab[usize::from(seq.len).wrapping_sub(3).min(MAX_MATCH - 3)];
+        a.add(u64::from(e & 0xff_ffff), e >> 24);
+        let d = u32::from(seq.dist);
+        let dc = dist_code(d);
+        let e = dist.packed[dc];
+        a.add(u64::from(e & 0xffff), e >> 16);
+        a.add(
+            u64::from(d - u32::from(DIST_BASE[dc])),
+            u32::from(DIST_EXTRA[dc]),
+        );
+        ok &= a.flush(out);
+        if !ok {
             break;
         }
     }
+    let lits = raw.get(q..q + syms.tail_lits).unwrap_or(&[]);
+    ok &= emit_literals(&mut a, out, lits, &lit.packed);
     let e = lit.packed[END_OF_BLOCK];
     a.add(u64::from(e & 0xffff), e >> 16);
     ok &= a.flush(out);
@@ -305,6 +311,26 @@ fn emit(
     if !ok {
         w.set_overflow();
     }
+}
+
+/// Writes literal bytes, three codes (at most 45 bits) per flush.
+#[inline(always)]
+fn emit_literals(a: &mut Acc, out: &mut [u8], lits: &[u8], packed: &[u32; NUM_LITLEN]) -> bool {
+    let mut ok = true;
+    let mut threes = lits.chunks_exact(3);
+    for t in &mut threes {
+        for &b in t {
+            let e = packed[b as usize];
+            a.add(u64::from(e & 0xffff), e >> 16);
+        }
+        ok &= a.flush(out);
+    }
+    for &b in threes.remainder() {
+        let e = packed[b as usize];
+        a.add(u64::from(e & 0xffff), e >> 16);
+        ok &= a.flush(out);
+    }
+    ok
 }
 
 /// Writes `raw` as stored blocks of at most 65535 bytes (§3.2.4).

@@ -132,13 +132,13 @@ impl Matcher {
         self.head[hash(load32(s, p))] = p as u16;
     }
 
-    /// Appends the symbols of `s[p..]` to `syms` until it is full or the
-    /// input ends; returns the position reached (the block's end).
-    pub fn run(&mut self, s: &[u8], mut p: usize, syms: &mut Symbols) -> usize {
-        let mut syms = syms.writer();
+    /// Parses `s[p..]` into `syms` up to position `block_end` (a match may
+    /// run past it) and returns the position reached: the block's end.
+    pub fn run(&mut self, s: &[u8], mut p: usize, block_end: usize, syms: &mut Symbols) -> usize {
         let n = s.len();
+        let block_end = block_end.min(n);
         // Positions below this have the 4 bytes a hash needs.
-        let hash_end = n.saturating_sub(3);
+        let probe_end = block_end.min(n.saturating_sub(3));
         let Params {
             insert_max,
             lazy_below,
@@ -146,44 +146,38 @@ impl Matcher {
         } = self.params;
         // Positions in a row without a match before skipping starts.
         let skip_from = if skip_shift == 0 {
-            u64::MAX
+            usize::MAX
         } else {
             1 << skip_shift.min(32)
         };
         let skip_shift = skip_shift.min(32);
-        let mut misses = 0u64;
-        while p < hash_end && !syms.is_full() {
+        let mut lit_start = p;
+        while p < probe_end {
             let (mut len, mut dist) = self.probe(s, p);
             if len == 0 {
-                // Step 1, then 2, 3... after long runs without a match.
-                misses += 1;
-                if misses <= skip_from {
-                    syms.literal(s[p]);
+                let misses = p - lit_start;
+                if misses < skip_from {
                     p += 1;
                 } else {
-                    let step = 1 + ((misses - 1) >> skip_shift) as usize;
-                    let end = (p + step).min(hash_end);
-                    for &b in &s[p..end] {
-                        syms.literal(b);
-                    }
-                    p = end;
+                    // Step 2, 3... after long runs without a match.
+                    p = (p + 2 + ((misses - skip_from) >> skip_shift)).min(probe_end);
                 }
                 continue;
             }
-            misses = 0;
             let mut next_insert = p + 1;
-            if len < lazy_below && p + 1 < hash_end {
+            if len < lazy_below && p + 1 < probe_end {
                 let (len2, dist2) = self.probe(s, p + 1);
                 next_insert = p + 2;
                 if len2 > len {
-                    syms.literal(s[p]);
                     p += 1;
                     len = len2;
                     dist = dist2;
                 }
             }
-            syms.matched(len, dist);
+            syms.count_literals(&s[lit_start..p]);
+            syms.push(p - lit_start, len, dist);
             let end = p + len;
+            let hash_end = n.saturating_sub(3);
             if len <= insert_max {
                 for q in next_insert..end.min(hash_end) {
                     self.insert(s, q);
@@ -192,12 +186,13 @@ impl Matcher {
                 self.insert(s, end - 1);
             }
             p = end;
+            lit_start = p;
         }
-        while p < n && !syms.is_full() {
-            syms.literal(s[p]);
-            p += 1;
-        }
-        syms.finish();
+        // The rest of the block (or of the input, past the last position
+        // that can be hashed) is literals.
+        let p = p.max(block_end);
+        syms.count_literals(&s[lit_start..p]);
+        syms.tail_lits = p - lit_start;
         p
     }
 }

@@ -15,7 +15,7 @@
 //!   cheapest written;
 //! - [`bitwriter`]: a 64-bit bit buffer stored 8 bytes at a time.
 //!
-//! Blocks end every [`BLOCK_SYMS`] symbols so that codes follow the data
+//! Blocks end every [`BLOCK_BYTES`] input bytes so that codes follow the data
 //! in large clusters. One [`Encoder`] per thread is reused: after its
 //! creation no cluster allocates, except to grow the caller's output
 //! vector.
@@ -33,8 +33,8 @@ use matcher::Matcher;
 pub use matcher::Params;
 use symbols::Symbols;
 
-/// Symbols per block (see the module documentation).
-pub const BLOCK_SYMS: usize = 16 * 1024;
+/// Input bytes per block (see the module documentation).
+pub const BLOCK_BYTES: usize = 64 * 1024;
 
 /// The match finder's settings (see [`Params`]).
 pub const PARAMS: Params = Params {
@@ -51,6 +51,7 @@ pub struct Encoder {
     matcher: Matcher,
     syms: Symbols,
     block: BlockWriter,
+    block_bytes: usize,
 }
 
 impl Default for Encoder {
@@ -62,16 +63,17 @@ impl Default for Encoder {
 impl Encoder {
     /// An encoder with the default settings.
     pub fn new() -> Self {
-        Self::with_params(PARAMS, BLOCK_SYMS)
+        Self::with_params(PARAMS, BLOCK_BYTES)
     }
 
     /// An encoder with other match-finder settings and block size (for
     /// measurements).
-    pub fn with_params(params: Params, block_syms: usize) -> Self {
+    pub fn with_params(params: Params, block_bytes: usize) -> Self {
         Encoder {
             matcher: Matcher::new(params),
-            syms: Symbols::new(block_syms),
+            syms: Symbols::new(block_bytes),
             block: BlockWriter::new(),
+            block_bytes: block_bytes.max(1),
         }
     }
 
@@ -106,7 +108,9 @@ impl Encoder {
         loop {
             self.syms.clear();
             let start = p;
-            p = self.matcher.run(input, p, &mut self.syms);
+            p = self
+                .matcher
+                .run(input, p, p.saturating_add(self.block_bytes), &mut self.syms);
             let last = p >= input.len();
             self.block
                 .write(&mut w, &self.syms, input.get(start..p)?, last);

@@ -1,111 +1,84 @@
-//! The symbols of one block as the matcher produces them, with their
-//! frequencies: what the block writer needs to build codes and choose a
-//! block type.
+//! One block's LZ77 parse as the matcher produces it, with the symbol
+//! frequencies the block writer needs to build codes and choose a block
+//! type.
+//!
+//! The parse is a list of sequences: a run of literals, then a match.
+//! Literals are not copied: they are the block's input bytes between
+//! matches, which the writer reads again from the input. So a position
+//! that finds no match costs the matcher nothing but the probe, and the
+//! writer emits runs of literals without testing each symbol's kind.
 
 use super::tables::{dist_code, END_OF_BLOCK, LEN_CODE, NUM_DIST, NUM_LITLEN};
 
-/// One block's literals and matches.
-///
-/// A literal is one entry, its byte (`< 256`); a match is two entries,
-/// `256 + length - 3` (length 3..=258) then the distance (1..=4096).
-/// Two bytes per literal keep a block's symbols (mostly literals in text)
-/// small enough to stay in cache until they are written.
+/// A run of literals followed by a match.
+#[derive(Clone, Copy, Debug)]
+pub struct Seq {
+    /// Literals before the match.
+    pub lits: u32,
+    /// Match length, 3..=258.
+    pub len: u16,
+    /// Match distance, 1..=4096.
+    pub dist: u16,
+}
+
+/// One block's parse and frequencies.
 pub struct Symbols {
-    /// Fixed-size storage; the first `len` entries are the block's.
-    buf: Vec<u16>,
-    len: usize,
+    /// The block's sequences, in order.
+    pub seqs: Vec<Seq>,
+    /// Literals after the last match.
+    pub tail_lits: usize,
     /// Frequencies of the literal/length alphabet (end of block counted).
     pub litlen: [u32; NUM_LITLEN],
     /// Frequencies of the distance alphabet.
     pub dist: [u32; NUM_DIST],
-    /// The block is full at this many entries; `buf` holds three more, so
-    /// a step of the matcher (at most a literal and a match) always fits.
-    full_at: usize,
 }
 
 impl Symbols {
-    /// A buffer for blocks of about `block_syms` symbols.
-    pub fn new(block_syms: usize) -> Self {
-        let block_syms = block_syms.max(16);
+    /// A buffer for blocks of up to `block_bytes` input bytes: at most one
+    /// match per 4 of them, so the sequence list never grows once warm.
+    pub fn new(block_bytes: usize) -> Self {
         Symbols {
-            buf: vec![0; block_syms + 3],
-            len: 0,
+            seqs: Vec::with_capacity(block_bytes / 4 + 2),
+            tail_lits: 0,
             litlen: [0; NUM_LITLEN],
             dist: [0; NUM_DIST],
-            full_at: block_syms,
         }
     }
 
     /// Empties the buffer for a new block.
     pub fn clear(&mut self) {
-        self.len = 0;
+        self.seqs.clear();
+        self.tail_lits = 0;
         self.litlen.fill(0);
         self.dist.fill(0);
         self.litlen[END_OF_BLOCK] = 1;
     }
 
-    /// The block's entries in stream order.
-    pub fn seq(&self) -> &[u16] {
-        self.buf.get(..self.len).unwrap_or(&[])
-    }
-
-    /// An appender whose count lives in a local (a register in the
-    /// matcher's loop); [`SymWriter::finish`] stores it back.
-    pub fn writer(&mut self) -> SymWriter<'_> {
-        SymWriter {
-            buf: &mut self.buf,
-            n: self.len,
-            full_at: self.full_at,
-            litlen: &mut self.litlen,
-            dist: &mut self.dist,
-            len: &mut self.len,
-        }
-    }
-}
-
-/// See [`Symbols::writer`].
-pub struct SymWriter<'a> {
-    buf: &'a mut [u16],
-    n: usize,
-    full_at: usize,
-    litlen: &'a mut [u32; NUM_LITLEN],
-    dist: &'a mut [u32; NUM_DIST],
-    len: &'a mut usize,
-}
-
-impl SymWriter<'_> {
-    /// Whether the block has enough symbols and should be written.
+    /// Counts literal bytes.
     #[inline(always)]
-    pub fn is_full(&self) -> bool {
-        self.n >= self.full_at
-    }
-
-    /// Appends a literal byte. Only after `is_full` returned false, for at
-    /// most a literal and a match (the buffer's slack).
-    #[inline(always)]
-    pub fn literal(&mut self, b: u8) {
-        if let Some(slot) = self.buf.get_mut(self.n) {
-            *slot = u16::from(b);
-            self.n += 1;
+    pub fn count_literals(&mut self, lits: &[u8]) {
+        for &b in lits {
             self.litlen[b as usize] += 1;
         }
     }
 
-    /// Appends a match; `len` is 3..=258 and `dist` 1..=4096 (the matcher
-    /// guarantees both). Same room rule as [`Self::literal`].
+    /// Appends `lits` literals (already counted) then a match; `len` is
+    /// 3..=258 and `dist` 1..=4096 (the matcher guarantees both).
     #[inline(always)]
-    pub fn matched(&mut self, len: usize, dist: usize) {
-        if let Some([a, b]) = self.buf.get_mut(self.n..self.n + 2) {
-            *a = (256 + len - 3) as u16;
-            *b = dist as u16;
-            self.n += 2;
-            self.litlen[257 + LEN_CODE[len] as usize] += 1;
-            self.dist[dist_code(dist as u32)] += 1;
+    pub fn push(&mut self, lits: usize, len: usize, dist: usize) {
+        self.seqs.push(Seq {
+            lits: lits as u32,
+            len: len as u16,
+            dist: dist as u16,
+        });
+        if let Some(f) = LEN_CODE
+            .get(len)
+            .and_then(|&c| self.litlen.get_mut(257 + c as usize))
+        {
+            *f += 1;
         }
-    }
-
-    /// Stores the count back into the [`Symbols`].
-    pub fn finish(self) {
-        *self.len = self.n;
+        if let Some(f) = self.dist.get_mut(dist_code(dist as u32)) {
+            *f += 1;
+        }
     }
 }
