@@ -38,9 +38,9 @@ pub const BLOCK_BYTES: usize = 64 * 1024;
 
 /// The match finder's settings (see [`Params`]).
 pub const PARAMS: Params = Params {
-    insert_max: 16,
+    insert_max: 32,
     lazy_below: 8,
-    skip_shift: 0,
+    skip_shift: 6,
 };
 
 /// Inputs at least this long are refused (positions are 32-bit).
