@@ -8,17 +8,37 @@
 //!
 //! - [`matcher`]: greedy match finding over the 4 KiB window with a
 //!   one-entry hash table, minimum match 4, one step of lazy evaluation
-//!   for short matches;
-//! - [`symbols`]: the block's literals and matches with their frequencies;
+//!   for short matches, skipping through long literal runs;
+//! - [`symbols`]: the block's parse (literal runs and matches) with the
+//!   symbol frequencies;
 //! - [`block`]: per block, dynamic Huffman codes (length-limited, see
 //!   [`huffman`]) priced against the fixed code and a stored block, the
 //!   cheapest written;
-//! - [`bitwriter`]: a 64-bit bit buffer stored 8 bytes at a time.
+//! - [`bitwriter`]: a 64-bit bit buffer stored 8 bytes at a time;
+//! - [`tables`]: the length and distance alphabets.
 //!
-//! Blocks end every [`BLOCK_BYTES`] input bytes so that codes follow the data
-//! in large clusters. One [`Encoder`] per thread is reused: after its
-//! creation no cluster allocates, except to grow the caller's output
-//! vector.
+//! Blocks end every [`BLOCK_BYTES`] input bytes so that codes follow the
+//! data in large clusters (a 64 KiB cluster is one block: on the benchmark
+//! text, splitting it gave larger output). One [`Encoder`] per thread is
+//! reused: after its creation no cluster allocates, except to grow the
+//! caller's output vector.
+//!
+//! Measured on one core (`examples/deflate_bench.rs`, 64 KiB clusters,
+//! medians of 5 interleaved runs; zlib-rs at level 2 with a 4 KiB window
+//! is what compress.rs used before):
+//!
+//! | data                         | zlib-rs level 2     | this encoder        |
+//! |------------------------------|---------------------|---------------------|
+//! | benchmark text, first 64 MiB | 101 MB/s, 0.5516    | 287 MB/s, 0.5607    |
+//! | /usr/bin + libs, 64 MiB      | 123 MB/s, 0.4200    | 199 MB/s, 0.4138    |
+//! | random bytes, 64 MiB         | 98 MB/s, 1.0        | 2160 MB/s, 1.0      |
+//!
+//! (ratio = compressed / original; qemu-img, zlib level 6, gives 0.5786 on
+//! the text.) Parameters ([`PARAMS`]): skipping after 64 misses costs 2%
+//! of size on the text for 1.25x speed (and makes incompressible clusters
+//! 5x faster to refuse); the lazy step costs 5% of speed for 1% of size
+//! on binaries; inserting positions inside matches up to 32 bytes (rather
+//! than 16) gains 0.5% on binaries at no measurable cost.
 
 mod bitwriter;
 mod block;
