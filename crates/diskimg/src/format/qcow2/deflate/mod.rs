@@ -6,16 +6,16 @@
 //! (libdeflate) or, limited to 4 KiB, are slow (zlib at level 2) or use only
 //! the fixed code (zlib-rs at level 1). This one is built for the case:
 //!
-//! - [`matcher`]: greedy match finding over the 4 KiB window with a
+//! - `matcher`: greedy match finding over the 4 KiB window with a
 //!   one-entry hash table, minimum match 4, one step of lazy evaluation
 //!   for short matches, skipping through long literal runs;
-//! - [`symbols`]: the block's parse (literal runs and matches) with the
+//! - `symbols`: the block's parse (literal runs and matches) with the
 //!   symbol frequencies;
-//! - [`block`]: per block, dynamic Huffman codes (length-limited, see
-//!   [`huffman`]) priced against the fixed code and a stored block, the
+//! - `block`: per block, dynamic Huffman codes (length-limited, see
+//!   `huffman`) priced against the fixed code and a stored block, the
 //!   cheapest written;
-//! - [`bitwriter`]: a 64-bit bit buffer stored 8 bytes at a time;
-//! - [`tables`]: the length and distance alphabets.
+//! - `bitwriter`: a 64-bit bit buffer stored 8 bytes at a time;
+//! - `tables`: the length and distance alphabets.
 //!
 //! Blocks end every [`BLOCK_BYTES`] input bytes so that codes follow the
 //! data in large clusters (a 64 KiB cluster is one block: on the benchmark
