@@ -106,8 +106,14 @@ impl Encoder {
         if input.len() >= MAX_INPUT {
             return false;
         }
+        // No stream is longer than its stored blocks (5 bytes per 65535
+        // input bytes, per block) and a final empty block; a larger limit
+        // would only allocate for nothing.
+        let blocks = input.len() / self.block_bytes + 1;
+        let worst = input.len() + 5 * (input.len() / 65535 + 2 * blocks) + 16;
+        let limit = limit.min(worst);
         // 8 bytes of slack for the bit writer's whole-word stores.
-        out.resize(limit.saturating_add(8), 0);
+        out.resize(limit + 8, 0);
         let written = self.encode(input, &mut out[..], limit);
         match written {
             Some(n) if n <= limit => {

@@ -446,6 +446,11 @@ fn refuses_output_over_the_limit() {
     assert!(!enc.compress(&[], &mut out, 1));
     assert!(enc.compress(&[], &mut out, 2));
     assert!(inflate_libdeflate(&out, 0).is_empty());
+    // A limit beyond any stream's size allocates only what a stream needs.
+    let mut fresh = Vec::new();
+    assert!(enc.compress(&n, &mut fresh, usize::MAX));
+    assert!(inflate_libdeflate(&fresh, n.len()) == n);
+    assert!(fresh.capacity() < n.len() + 1024, "{}", fresh.capacity());
 }
 
 #[test]
