@@ -18,7 +18,6 @@
 
 mod cli_common;
 
-
 use cli_common::{tool, Out, Scratch};
 
 /// Replaces the time of `Run completed in S seconds.` with `T`, after

@@ -17,7 +17,6 @@
 
 mod cli_common;
 
-
 use cli_common::{qemu_img_bin, tool, Out, Scratch};
 use serde_json::Value;
 

@@ -13,7 +13,6 @@
 
 mod cli_common;
 
-
 use cli_common::{pattern, qemu_img_bin, tool, Out, Scratch};
 
 /// Two directories with the same inputs: `q` for qemu-img, `d` for diskimg.

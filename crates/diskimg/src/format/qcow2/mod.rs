@@ -20,6 +20,7 @@ mod compress;
 pub mod compressed;
 mod compressed_writer;
 pub mod create;
+pub mod deflate;
 pub mod extensions;
 pub mod header;
 pub mod l2_cache;
