@@ -8,11 +8,19 @@
 //! counts them. The data is written before the L2 entry names it, and the
 //! refcounts reach the disk before the entry (see the writer's flush).
 
+use std::cell::RefCell;
+
 use super::compress::compress_cluster;
 use super::l2_entry::encode_compressed;
 use super::writer::Meta;
 use super::Qcow2;
 use crate::{Error, Result};
+
+thread_local! {
+    /// Each writing thread's output buffer for compression: reused, so a
+    /// cluster costs neither an allocation nor zeroing the buffer.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
 impl Qcow2 {
     /// Writes one cluster (or the disk's partial last cluster) compressed;
@@ -47,10 +55,14 @@ impl Qcow2 {
             padded[..buf.len()].copy_from_slice(buf);
             &padded[..]
         };
-        let mut out = Vec::new();
-        if !compress_cluster(self.header.compression_type, input, &mut out) {
+        // The thread's scratch buffer, taken for the call (a call that
+        // fails leaves a fresh one behind).
+        let mut scratch = SCRATCH.with(|s| s.take());
+        let Some(n) = compress_cluster(self.header.compression_type, input, &mut scratch) else {
+            SCRATCH.with(|s| s.replace(scratch));
             return self.write(buf, offset);
-        }
+        };
+        let out = scratch.get(..n).unwrap_or_default();
         let _g = w.ranges.lock(offset, offset + cs);
         let (l1_index, l2_index) = self.indices(offset);
         let mut m = self.meta(w)?;
@@ -59,16 +71,12 @@ impl Qcow2 {
         let table = self.l2_table(l2off)?;
         let (old, _) = self.entry_in(&table, l2_index);
         drop(table);
-        let host = self.alloc_compressed_bytes(&mut m, out.len() as u64)?;
+        let host = self.alloc_compressed_bytes(&mut m, n as u64)?;
         drop(m);
-        self.write_data(w, &out, host)?;
+        self.write_data(w, out, host)?;
+        SCRATCH.with(|s| s.replace(scratch));
         let mut m = w.meta.lock().unwrap_or_else(|e| e.into_inner());
-        self.set_entry(
-            l2off,
-            l2_index,
-            encode_compressed(host, out.len() as u64, cb),
-            0,
-        )?;
+        self.set_entry(l2off, l2_index, encode_compressed(host, n as u64, cb), 0)?;
         self.free_entry(&mut m, old);
         drop(m);
         drop(_g);

@@ -102,9 +102,30 @@ impl Encoder {
     /// and returns true; returns false, with `out` empty, when the stream
     /// would take more than `limit` bytes or `input` is 1 GiB or more.
     pub fn compress(&mut self, input: &[u8], out: &mut Vec<u8>, limit: usize) -> bool {
-        out.clear();
+        match self.compress_into(input, out, limit) {
+            Some(n) => {
+                out.truncate(n);
+                true
+            }
+            None => {
+                out.clear();
+                false
+            }
+        }
+    }
+
+    /// As [`Encoder::compress`], but the stream is `out[..n]` for the
+    /// returned `n`, and `out` is only grown, never cleared: a buffer reused
+    /// from cluster to cluster is not zeroed again each time (the bit
+    /// writer overwrites every byte it counts).
+    pub fn compress_into(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        limit: usize,
+    ) -> Option<usize> {
         if input.len() >= MAX_INPUT {
-            return false;
+            return None;
         }
         // No stream is longer than its stored blocks (5 bytes per 65535
         // input bytes, per block) and a final empty block; a larger limit
@@ -113,17 +134,12 @@ impl Encoder {
         let worst = input.len() + 5 * (input.len() / 65535 + 2 * blocks) + 16;
         let limit = limit.min(worst);
         // 8 bytes of slack for the bit writer's whole-word stores.
-        out.resize(limit + 8, 0);
-        let written = self.encode(input, &mut out[..], limit);
-        match written {
-            Some(n) if n <= limit => {
-                out.truncate(n);
-                true
-            }
-            _ => {
-                out.clear();
-                false
-            }
+        if out.len() < limit + 8 {
+            out.resize(limit + 8, 0);
+        }
+        match self.encode(input, &mut out[..limit + 8], limit) {
+            Some(n) if n <= limit => Some(n),
+            _ => None,
         }
     }
 
@@ -151,4 +167,4 @@ impl Encoder {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

@@ -113,7 +113,7 @@ fn inflate_window12(stream: &[u8], len: usize) -> Vec<u8> {
 /// whole output is in one buffer, so this is the judge of the window. Like
 /// zlib, it refuses over-subscribed and incomplete codes (except a lone
 /// one-bit code).
-mod checker {
+pub(crate) mod checker {
     pub struct Bits<'a> {
         s: &'a [u8],
         pos: usize,
