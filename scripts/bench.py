@@ -292,6 +292,11 @@ def fmt_s(v):
     return f"{v:.3f}" if v is not None else "-"
 
 
+def fmt_run(v):
+    wall, cpu = v
+    return f"{wall:.3f}" + (f"/{cpu:.2f}" if cpu is not None else "")
+
+
 def fmt_cpu(v):
     return f"{v:.2f}" if v is not None else "-"
 
@@ -409,7 +414,8 @@ def main():
         cq = statistics.median(r["cpu_q"]) if r["cpu_q"] else None
         rows.append((w.name, fmt_s(md), fmt_s(mq), ratio, fmt_cpu(cd), fmt_cpu(cq),
                      fmt_rss(r["rss_d"]), fmt_rss(r["rss_q"]), status))
-        runs.append((w.name, r["diskimg"], r["qemu-img"]))
+        runs.append((w.name, list(zip(r["diskimg"], r["cpu_d"] or [None] * len(r["diskimg"]))),
+                     list(zip(r["qemu-img"], r["cpu_q"] or [None] * len(r["qemu-img"])))))
         for f in ("stdout.diskimg", "stdout.qemu-img", ".rss"):
             p = os.path.join(work, f)
             if os.path.exists(p):
@@ -429,11 +435,11 @@ def main():
     for row in rows:
         print(line(row))
     print()
-    print("every timed run, in seconds, sorted (the noise behind each median):")
+    print("every timed run, in seconds, sorted, each as wall/cpu (the noise behind each median):")
     for name, d, q in runs:
         print(f"  {name}")
-        print(f"    diskimg:  {' '.join(f'{v:.3f}' for v in sorted(d))}")
-        print(f"    qemu-img: {' '.join(f'{v:.3f}' for v in sorted(q))}")
+        print(f"    diskimg:  {' '.join(fmt_run(v) for v in sorted(d, key=lambda x: x[0]))}")
+        print(f"    qemu-img: {' '.join(fmt_run(v) for v in sorted(q, key=lambda x: x[0]))}")
 
     if not args.keep:
         log(f"removing {work} (use --keep to keep the images)")
