@@ -301,7 +301,10 @@ pub fn convert(
     let done = AtomicU64::new(0);
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
-    let finished = AtomicU64::new(0);
+    // Each worker says when it ends; the calling thread reports progress
+    // while it waits, and returns as soon as the last one ends (a plain
+    // sleep between checks made every convert up to 50 ms longer).
+    let (ended_tx, ended_rx) = std::sync::mpsc::channel::<()>();
     let sink = Sink {
         target: dst,
         lock: Mutex::new(()),
@@ -320,11 +323,16 @@ pub fn convert(
                         *slot = Some(e);
                     }
                 }
-                finished.fetch_add(1, Ordering::SeqCst);
+                let _ = ended_tx.send(());
             });
         }
-        while finished.load(Ordering::SeqCst) < workers as u64 {
-            std::thread::sleep(Duration::from_millis(50));
+        let mut ended = 0;
+        while ended < workers {
+            match ended_rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(()) => ended += 1,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
             progress(done.load(Ordering::Relaxed), size);
         }
     });
