@@ -328,10 +328,10 @@ pub fn convert(
         }
         let mut ended = 0;
         while ended < workers {
-            match ended_rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(()) => ended += 1,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            // The sender lives in this scope, so a wait ends only with a
+            // worker's message or the timeout.
+            if ended_rx.recv_timeout(Duration::from_millis(50)).is_ok() {
+                ended += 1;
             }
             progress(done.load(Ordering::Relaxed), size);
         }
