@@ -19,11 +19,18 @@
 //! is copied: its unallocated ranges stay unallocated in the target, and
 //! its zeros become zero writes.
 //!
-//! Memory: one chunk buffer per worker, whatever the image size.
+//! Threads: without compression, the workers only read and look for zeros;
+//! one writing thread (the calling one) makes every write to the target, so
+//! the target's lock in the kernel passes from write to write without a
+//! thread hand-off. With compression each worker compresses and writes its
+//! own clusters.
+//!
+//! Memory: one or two chunk buffers per worker, whatever the image size.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::status::status_above;
 use crate::io::{AlignedBuf, Storage};
@@ -94,7 +101,9 @@ pub enum Target<'a> {
 
 /// The target, with writes serialised: buffered writes to one file take
 /// the inode lock in the kernel anyway, and several threads contending for
-/// it there spin and burn CPU time; queueing them here costs nothing.
+/// it there spin and burn CPU time. An uncompressed convert writes from one
+/// thread only (`write_all`), so the lock is then uncontended; compressing
+/// workers write their own clusters and queue here.
 struct Sink<'a> {
     target: Target<'a>,
     lock: Mutex<()>,
@@ -301,39 +310,70 @@ pub fn convert(
     let done = AtomicU64::new(0);
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
-    // Each worker says when it ends; the calling thread reports progress
-    // while it waits, and returns as soon as the last one ends (a plain
-    // sleep between checks made every convert up to 50 ms longer).
-    let (ended_tx, ended_rx) = std::sync::mpsc::channel::<()>();
+    let record = |e: Error| {
+        failed.store(true, Ordering::SeqCst);
+        let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+    };
     let sink = Sink {
         target: dst,
         lock: Mutex::new(()),
     };
     let dst = &sink;
+    let ctx = WorkerCtx {
+        src,
+        dst,
+        opts,
+        align,
+        cursor: &cursor,
+        done: &done,
+        failed: &failed,
+    };
+    // Buffers each worker owns: two let a worker read its next chunk while
+    // the writer still holds its last one; from four workers on the others
+    // keep the writer busy, and one each bounds memory with many workers.
+    let per_worker = if workers >= 4 { 1 } else { 2 };
     progress(0, size);
     std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| {
-                let mut buf = AlignedBuf::new(0, PAGE);
-                let r = worker(src, dst, opts, align, &cursor, &done, &failed, &mut buf);
-                if let Err(e) = r {
-                    failed.store(true, Ordering::SeqCst);
-                    let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
-                    if slot.is_none() {
-                        *slot = Some(e);
+        if opts.compress {
+            // Compressing workers write their own clusters; the calling
+            // thread reports progress until they all end.
+            let (ended_tx, ended_rx) = mpsc::channel::<()>();
+            for _ in 0..workers {
+                let ended_tx = ended_tx.clone();
+                let ctx = &ctx;
+                let record = &record;
+                scope.spawn(move || {
+                    if let Err(e) = compressing_worker(ctx) {
+                        record(e);
                     }
-                }
-                let _ = ended_tx.send(());
-            });
-        }
-        let mut ended = 0;
-        while ended < workers {
-            // The sender lives in this scope, so a wait ends only with a
-            // worker's message or the timeout.
-            if ended_rx.recv_timeout(Duration::from_millis(50)).is_ok() {
-                ended += 1;
+                    let _ = ended_tx.send(());
+                });
             }
-            progress(done.load(Ordering::Relaxed), size);
+            drop(ended_tx);
+            // Ends when every worker has ended and dropped its sender.
+            while !matches!(
+                ended_rx.recv_timeout(Duration::from_millis(50)),
+                Err(RecvTimeoutError::Disconnected)
+            ) {
+                progress(done.load(Ordering::Relaxed), size);
+            }
+        } else {
+            let (to_writer, writes) = mpsc::sync_channel::<Write>(workers);
+            for _ in 0..workers {
+                let to_writer = to_writer.clone();
+                let ctx = &ctx;
+                let record = &record;
+                scope.spawn(move || {
+                    if let Err(e) = reading_worker(ctx, &to_writer, per_worker) {
+                        record(e);
+                    }
+                });
+            }
+            drop(to_writer);
+            write_all(&ctx, &writes, &record, &mut |d| progress(d, size));
         }
     });
     if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
@@ -343,51 +383,196 @@ pub fn convert(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn worker(
-    src: &Arc<dyn BlockDevice>,
-    dst: &Sink<'_>,
-    opts: &ConvertOptions,
+/// What every worker shares.
+struct WorkerCtx<'a, 's> {
+    src: &'a Arc<dyn BlockDevice>,
+    dst: &'a Sink<'s>,
+    opts: &'a ConvertOptions,
+    /// Jobs start and end on multiples of this (compressed targets).
     align: u64,
-    cursor: &Mutex<Cursor>,
-    done: &AtomicU64,
-    failed: &AtomicBool,
-    buf: &mut AlignedBuf,
-) -> Result<()> {
-    loop {
-        if failed.load(Ordering::Relaxed) {
-            return Ok(());
+    cursor: &'a Mutex<Cursor>,
+    /// Guest bytes handled, for progress.
+    done: &'a AtomicU64,
+    /// Set at the first error: every thread stops taking work.
+    failed: &'a AtomicBool,
+}
+
+impl WorkerCtx<'_, '_> {
+    /// The next job, or None when the source is walked or a thread failed.
+    fn next_job(&self) -> Result<Option<Job>> {
+        if self.failed.load(Ordering::Relaxed) {
+            return Ok(None);
         }
-        let job = {
-            let mut c = cursor.lock().unwrap_or_else(|p| p.into_inner());
-            c.next(src)?
-        };
-        let Some(job) = job else { return Ok(()) };
-        match job {
+        let mut c = self.cursor.lock().unwrap_or_else(|p| p.into_inner());
+        c.next(self.src)
+    }
+}
+
+/// A request for the writing thread.
+enum Write {
+    /// `buf[..len]` holds the guest bytes at `offset`; `runs` cover them in
+    /// order, each `(start, end, all zeros)` in guest offsets. The buffer
+    /// goes back to its worker through `back` once written.
+    Chunk {
+        buf: AlignedBuf,
+        offset: u64,
+        len: u64,
+        runs: Vec<(u64, u64, bool)>,
+        back: Sender<AlignedBuf>,
+    },
+    /// `[offset, offset + len)` of the source reads as zeros.
+    Zeros { offset: u64, len: u64 },
+}
+
+/// A worker of an uncompressed convert: reads data chunks, finds their
+/// zero granules, and hands them to the writing thread.
+fn reading_worker(
+    ctx: &WorkerCtx<'_, '_>,
+    to_writer: &SyncSender<Write>,
+    buffers: usize,
+) -> Result<()> {
+    let (back_tx, back_rx) = mpsc::channel::<AlignedBuf>();
+    let mut spare: Vec<AlignedBuf> = (0..buffers).map(|_| AlignedBuf::new(0, PAGE)).collect();
+    while let Some(job) = ctx.next_job()? {
+        let msg = match job {
             Job::Skip { len } => {
-                done.fetch_add(len, Ordering::Relaxed);
+                ctx.done.fetch_add(len, Ordering::Relaxed);
+                continue;
             }
             Job::Zero { offset, len } => {
-                write_zeros(dst, opts, offset, len, buf)
+                if ctx.opts.sparse_size != 0 && ctx.opts.target_is_zero && !ctx.opts.copy_top_only {
+                    ctx.done.fetch_add(len, Ordering::Relaxed);
+                    continue;
+                }
+                Write::Zeros { offset, len }
+            }
+            Job::Data { offset, len } => {
+                let mut buf = match spare.pop() {
+                    Some(b) => b,
+                    // The writer hands every buffer back, even after a
+                    // failure; it ends only once the workers have.
+                    None => match back_rx.recv() {
+                        Ok(b) => b,
+                        Err(_) => return Ok(()),
+                    },
+                };
+                let n = len as usize;
+                grow(&mut buf, n);
+                ctx.src
+                    .read_at(&mut buf[..n], offset)
+                    .map_err(|e| e.context(format!("error while reading at byte {offset}")))?;
+                let runs = data_runs(ctx.opts.sparse_size, offset, &buf[..n]);
+                Write::Chunk {
+                    buf,
+                    offset,
+                    len,
+                    runs,
+                    back: back_tx.clone(),
+                }
+            }
+        };
+        if to_writer.send(msg).is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// The writing thread of an uncompressed convert: makes every write the
+/// workers hand it, in the order they arrive, and reports progress every
+/// 50 ms. After a failure it only hands buffers back until the workers end.
+fn write_all(
+    ctx: &WorkerCtx<'_, '_>,
+    writes: &Receiver<Write>,
+    record: &dyn Fn(Error),
+    progress: &mut dyn FnMut(u64),
+) {
+    let mut zeros = AlignedBuf::new(0, PAGE);
+    let mut reported = Instant::now();
+    loop {
+        let msg = match writes.recv_timeout(Duration::from_millis(50)) {
+            Ok(m) => m,
+            Err(RecvTimeoutError::Timeout) => {
+                progress(ctx.done.load(Ordering::Relaxed));
+                reported = Instant::now();
+                continue;
+            }
+            // Every worker has ended.
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let failed = ctx.failed.load(Ordering::Relaxed);
+        match msg {
+            Write::Chunk {
+                buf,
+                offset,
+                len,
+                runs,
+                back,
+            } => {
+                if !failed {
+                    let data = &buf[..len as usize];
+                    let r = runs.iter().try_for_each(|&(start, end, zero)| {
+                        write_run(ctx.dst, ctx.opts, offset, data, start, end, zero)
+                    });
+                    match r {
+                        Ok(()) => {
+                            ctx.done.fetch_add(len, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            record(e.context(format!("error while writing at byte {offset}")))
+                        }
+                    }
+                }
+                let _ = back.send(buf);
+            }
+            Write::Zeros { offset, len } => {
+                if !failed {
+                    match write_zeros(ctx.dst, ctx.opts, offset, len, &mut zeros) {
+                        Ok(()) => {
+                            ctx.done.fetch_add(len, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            record(e.context(format!("error while writing at byte {offset}")))
+                        }
+                    }
+                }
+            }
+        }
+        if reported.elapsed() >= Duration::from_millis(50) {
+            progress(ctx.done.load(Ordering::Relaxed));
+            reported = Instant::now();
+        }
+    }
+}
+
+/// A worker of a compressed convert: reads, compresses and writes its own
+/// chunks, cluster by cluster.
+fn compressing_worker(ctx: &WorkerCtx<'_, '_>) -> Result<()> {
+    let mut buf = AlignedBuf::new(0, PAGE);
+    while let Some(job) = ctx.next_job()? {
+        match job {
+            Job::Skip { len } => {
+                ctx.done.fetch_add(len, Ordering::Relaxed);
+            }
+            Job::Zero { offset, len } => {
+                write_zeros(ctx.dst, ctx.opts, offset, len, &mut buf)
                     .map_err(|e| e.context(format!("error while writing at byte {offset}")))?;
-                done.fetch_add(len, Ordering::Relaxed);
+                ctx.done.fetch_add(len, Ordering::Relaxed);
             }
             Job::Data { offset, len } => {
                 let n = len as usize;
-                grow(buf, n);
+                grow(&mut buf, n);
                 let data = &mut buf[..n];
-                src.read_at(data, offset)
+                ctx.src
+                    .read_at(data, offset)
                     .map_err(|e| e.context(format!("error while reading at byte {offset}")))?;
-                let r = if opts.compress {
-                    write_compressed(dst, opts, offset, data, align)
-                } else {
-                    write_data(dst, opts, offset, data)
-                };
-                r.map_err(|e| e.context(format!("error while writing at byte {offset}")))?;
-                done.fetch_add(len, Ordering::Relaxed);
+                write_compressed(ctx.dst, ctx.opts, offset, data, ctx.align)
+                    .map_err(|e| e.context(format!("error while writing at byte {offset}")))?;
+                ctx.done.fetch_add(len, Ordering::Relaxed);
             }
         }
     }
+    Ok(())
 }
 
 /// Alignment of the worker buffers: the kernel copies whole pages between
@@ -458,40 +643,31 @@ fn write_compressed(
     Ok(())
 }
 
-/// Writes a data chunk, leaving out zero granules.
-fn write_data(dst: &Sink<'_>, opts: &ConvertOptions, offset: u64, data: &[u8]) -> Result<()> {
-    let g = opts.sparse_size;
-    if g == 0 {
-        return dst.write_at(data, offset);
-    }
-    // Walk granules aligned to the guest offset; coalesce runs of the same
-    // kind into one request.
+/// Splits a data chunk at `offset` into runs of zero and non-zero granules
+/// of `sparse` bytes (aligned to the guest offset), each `(start, end, all
+/// zeros)`; with `sparse == 0` the whole chunk is one data run.
+fn data_runs(sparse: u64, offset: u64, data: &[u8]) -> Vec<(u64, u64, bool)> {
     let end = offset + data.len() as u64;
-    let mut run_start = offset;
-    let mut run_zero: Option<bool> = None;
+    if sparse == 0 {
+        return vec![(offset, end, false)];
+    }
+    let mut runs: Vec<(u64, u64, bool)> = Vec::new();
     let mut pos = offset;
     while pos < end {
-        let next = ((pos / g) + 1).saturating_mul(g).min(end);
-        let slice = &data[(pos - offset) as usize..(next - offset) as usize];
-        let zero = is_zero(slice);
-        match run_zero {
-            Some(z) if z == zero => {}
-            Some(z) => {
-                flush_run(dst, opts, offset, data, run_start, pos, z)?;
-                run_start = pos;
-                run_zero = Some(zero);
-            }
-            None => run_zero = Some(zero),
+        let next = ((pos / sparse) + 1).saturating_mul(sparse).min(end);
+        let zero = is_zero(&data[(pos - offset) as usize..(next - offset) as usize]);
+        match runs.last_mut() {
+            Some(run) if run.2 == zero => run.1 = next,
+            _ => runs.push((pos, next, zero)),
         }
         pos = next;
     }
-    if let Some(z) = run_zero {
-        flush_run(dst, opts, offset, data, run_start, end, z)?;
-    }
-    Ok(())
+    runs
 }
 
-fn flush_run(
+/// Writes the run `[start, end)` of a chunk at `base`: the data, or for a
+/// run of zeros nothing when the target already reads as zeros there.
+fn write_run(
     dst: &Sink<'_>,
     opts: &ConvertOptions,
     base: u64,
@@ -500,7 +676,7 @@ fn flush_run(
     end: u64,
     zero: bool,
 ) -> Result<()> {
-    if zero {
+    if zero && opts.sparse_size != 0 {
         if opts.target_is_zero && !opts.copy_top_only {
             return Ok(());
         }
@@ -544,5 +720,170 @@ mod tests {
         };
         convert(&src, Target::Raw(&dst), &opts, &mut |_, _| {}).unwrap();
         assert!(dst.to_vec() == data);
+    }
+
+    /// Memory storage that fails every read or write touching bytes at or
+    /// past `fail_from`.
+    struct Failing {
+        inner: MemoryStorage,
+        fail_from: u64,
+        reads: bool,
+    }
+
+    impl Failing {
+        fn check(&self, offset: u64, len: usize, reading: bool) -> Result<()> {
+            if reading == self.reads && offset + len as u64 > self.fail_from {
+                return Err(Error::io(
+                    std::io::Error::from_raw_os_error(libc::EIO),
+                    format!("test storage at offset {offset}"),
+                ));
+            }
+            Ok(())
+        }
+    }
+
+    impl Storage for Failing {
+        fn name(&self) -> &str {
+            self.inner.name()
+        }
+        fn len(&self) -> Result<u64> {
+            self.inner.len()
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+            self.check(offset, buf.len(), true)?;
+            self.inner.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+            self.check(offset, buf.len(), false)?;
+            self.inner.write_at(buf, offset)
+        }
+        fn flush(&self) -> Result<()> {
+            self.inner.flush()
+        }
+        fn set_len(&self, len: u64) -> Result<()> {
+            self.inner.set_len(len)
+        }
+        fn punch_hole(&self, offset: u64, len: u64) -> Result<()> {
+            self.inner.punch_hole(offset, len)
+        }
+        fn allocated_size(&self) -> Result<u64> {
+            self.inner.allocated_size()
+        }
+        fn is_writable(&self) -> bool {
+            true
+        }
+    }
+
+    fn patterned(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8 | 1).collect()
+    }
+
+    /// Converts `src` into `dst` (made as long as `src`) with `workers`.
+    fn convert_with(src: &Arc<dyn BlockDevice>, dst: &dyn Storage, workers: usize) -> Result<()> {
+        dst.set_len(src.size()).unwrap();
+        let opts = ConvertOptions {
+            workers,
+            ..Default::default()
+        };
+        convert(src, Target::Raw(dst), &opts, &mut |_, _| {})
+    }
+
+    #[test]
+    fn a_failed_write_ends_the_convert_with_its_offset() {
+        for workers in [1, 2, 4, 16] {
+            let s: Arc<dyn Storage> =
+                Arc::new(MemoryStorage::from_bytes("src", patterned(24 << 20)));
+            let src: Arc<dyn BlockDevice> = Arc::new(Raw::open(s).unwrap());
+            let dst = Failing {
+                inner: MemoryStorage::new("dst"),
+                fail_from: 9 << 20,
+                reads: false,
+            };
+            let e = convert_with(&src, &dst, workers).unwrap_err();
+            assert!(
+                e.message().starts_with("error while writing at byte ")
+                    && e.message().contains("test storage at offset"),
+                "{workers} workers: {}",
+                e.message()
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_read_ends_the_convert_with_its_offset() {
+        for workers in [1, 2, 4, 16] {
+            let src_store = Failing {
+                inner: MemoryStorage::from_bytes("src", patterned(24 << 20)),
+                fail_from: 13 << 20,
+                reads: true,
+            };
+            let s: Arc<dyn Storage> = Arc::new(src_store);
+            let src: Arc<dyn BlockDevice> = Arc::new(Raw::open(s).unwrap());
+            let e = convert_with(&src, &MemoryStorage::new("dst"), workers).unwrap_err();
+            assert!(
+                e.message().starts_with("error while reading at byte "),
+                "{workers} workers: {}",
+                e.message()
+            );
+        }
+    }
+
+    #[test]
+    fn fully_allocated_output_writes_the_zeros_too() {
+        // Zero granules inside data chunks and zero ranges of the source
+        // both end up as written zeros over a target full of 0xff.
+        let mut data = patterned(7 << 20);
+        data[..8192].fill(0);
+        data[(3 << 20)..(5 << 20) + 512].fill(0);
+        let s: Arc<dyn Storage> = Arc::new(MemoryStorage::from_bytes("src", data.clone()));
+        let src: Arc<dyn BlockDevice> = Arc::new(Raw::open(s).unwrap());
+        let dst = MemoryStorage::new("dst");
+        dst.write_at(&vec![0xffu8; 7 << 20], 0).unwrap();
+        for target_is_zero in [true, false] {
+            let opts = ConvertOptions {
+                sparse_size: 0,
+                target_is_zero,
+                workers: 4,
+                ..Default::default()
+            };
+            convert(&src, Target::Raw(&dst), &opts, &mut |_, _| {}).unwrap();
+            assert!(dst.to_vec() == data);
+        }
+    }
+
+    #[test]
+    fn data_runs_split_at_zero_granules() {
+        let mut d = vec![1u8; 5 * 512];
+        d[512..1536].fill(0);
+        assert_eq!(
+            data_runs(512, 1024, &d),
+            vec![(1024, 1536, false), (1536, 2560, true), (2560, 3584, false)]
+        );
+        // Granules are aligned to guest offsets, not to the chunk.
+        assert_eq!(
+            data_runs(1024, 512, &d),
+            vec![(512, 1024, false), (1024, 2048, true), (2048, 3072, false)]
+        );
+        assert_eq!(data_runs(0, 7, &d), vec![(7, 7 + d.len() as u64, false)]);
+    }
+
+    #[test]
+    fn progress_reaches_the_total() {
+        let s: Arc<dyn Storage> = Arc::new(MemoryStorage::from_bytes("src", patterned(9 << 20)));
+        let src: Arc<dyn BlockDevice> = Arc::new(Raw::open(s).unwrap());
+        let dst = MemoryStorage::new("dst");
+        dst.set_len(9 << 20).unwrap();
+        let mut last = (0, 0);
+        convert(
+            &src,
+            Target::Raw(&dst),
+            &ConvertOptions::default(),
+            &mut |d, t| {
+                assert!(d >= last.0 && d <= t);
+                last = (d, t);
+            },
+        )
+        .unwrap();
+        assert_eq!(last, (9 << 20, 9 << 20));
     }
 }
