@@ -38,6 +38,16 @@ use crate::{BlockDevice, Error, Result};
 
 /// Bytes read per request by one worker.
 pub const CHUNK: u64 = 2 << 20;
+/// The largest write to the target. The kernel gives a buffered write
+/// page-cache folios as large as the write and its alignment allow; a
+/// 2 MiB-aligned 2 MiB write takes whole 2 MiB blocks of free memory, which
+/// a VM with free page reporting has handed back to its host, and every
+/// page of them is then faulted in again on first touch. Measured on such
+/// a VM (1.6 GiB written into a fresh file, 10 interleaved runs each): 2 MiB
+/// writes 0.36-0.39 s in 5 runs and 1.8-2.1 s in the other 5; 1 MiB writes
+/// 0.37-0.40 s in all 10. Where memory is not handed back, both cost the
+/// same.
+const WRITE_PIECE: usize = 1 << 20;
 /// Largest range of zeros handled as one request.
 const ZERO_CHUNK: u64 = 1 << 30;
 /// The most worker threads (qemu-img's limit on `-m`).
@@ -110,7 +120,17 @@ struct Sink<'a> {
 }
 
 impl Sink<'_> {
+    /// Writes `buf` at `offset` in pieces of at most [`WRITE_PIECE`] bytes.
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        let mut at = offset;
+        for piece in buf.chunks(WRITE_PIECE) {
+            self.write_piece(piece, at)?;
+            at += piece.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn write_piece(&self, buf: &[u8], offset: u64) -> Result<()> {
         match self.target {
             Target::Raw(dst) => {
                 let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -722,12 +742,13 @@ mod tests {
         assert!(dst.to_vec() == data);
     }
 
-    /// Memory storage that fails every read or write touching bytes at or
-    /// past `fail_from`.
+    /// Memory storage that fails every read (`reads`) or write touching
+    /// bytes at or past `fail_from`, and records its largest write.
     struct Failing {
         inner: MemoryStorage,
         fail_from: u64,
         reads: bool,
+        largest_write: AtomicU64,
     }
 
     impl Failing {
@@ -755,6 +776,8 @@ mod tests {
         }
         fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
             self.check(offset, buf.len(), false)?;
+            self.largest_write
+                .fetch_max(buf.len() as u64, Ordering::Relaxed);
             self.inner.write_at(buf, offset)
         }
         fn flush(&self) -> Result<()> {
@@ -798,6 +821,7 @@ mod tests {
                 inner: MemoryStorage::new("dst"),
                 fail_from: 9 << 20,
                 reads: false,
+                largest_write: AtomicU64::new(0),
             };
             let e = convert_with(&src, &dst, workers).unwrap_err();
             assert!(
@@ -816,6 +840,7 @@ mod tests {
                 inner: MemoryStorage::from_bytes("src", patterned(24 << 20)),
                 fail_from: 13 << 20,
                 reads: true,
+                largest_write: AtomicU64::new(0),
             };
             let s: Arc<dyn Storage> = Arc::new(src_store);
             let src: Arc<dyn BlockDevice> = Arc::new(Raw::open(s).unwrap());
@@ -885,5 +910,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(last, (9 << 20, 9 << 20));
+    }
+
+    #[test]
+    fn target_writes_are_at_most_one_piece() {
+        let data = patterned(9 << 20);
+        let s: Arc<dyn Storage> = Arc::new(MemoryStorage::from_bytes("src", data.clone()));
+        let src: Arc<dyn BlockDevice> = Arc::new(Raw::open(s).unwrap());
+        let dst = Failing {
+            inner: MemoryStorage::new("dst"),
+            fail_from: u64::MAX,
+            reads: true,
+            largest_write: AtomicU64::new(0),
+        };
+        convert_with(&src, &dst, 4).unwrap();
+        assert!(dst.inner.to_vec() == data);
+        assert_eq!(
+            dst.largest_write.load(Ordering::Relaxed),
+            WRITE_PIECE as u64
+        );
     }
 }
