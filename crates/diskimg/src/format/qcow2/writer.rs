@@ -515,13 +515,25 @@ impl Qcow2 {
             }
             slots.push((l2off, l2_index, entry));
         }
-        let host = if self.has_data_file {
-            pos
+        let (host, fresh) = if self.has_data_file {
+            (pos, false)
         } else {
-            m.alloc.allocate(self.storage.as_ref(), k)?.0
+            m.alloc.allocate(self.storage.as_ref(), k)?
         };
         drop(m);
-        let io = self.write_data(w, data, host);
+        // Clusters past the old end of the file are reserved (fallocate)
+        // before the data goes in, so that ext4 maps the page-cache pages
+        // to blocks that exist instead of making a delayed allocation per
+        // page. Measured on chain flatten and raw-to-qcow2 converts (9
+        // interleaved runs each): fast runs 0.18-0.22 s against 0.23-0.26 s
+        // (workload f) and 0.27-0.35 s against 0.35-0.44 s (workload g).
+        let io = if fresh {
+            self.data
+                .allocate(host, k * cs)
+                .and_then(|()| self.write_data(w, data, host))
+        } else {
+            self.write_data(w, data, host)
+        };
         let mut m = w.meta.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = io {
             if !self.has_data_file {
