@@ -285,8 +285,24 @@ impl Storage for FileStorage {
     }
 
     fn allocate(&self, offset: u64, len: u64) -> Result<()> {
-        if len == 0 {
+        if self.reserve(offset, len)? {
             return Ok(());
+        }
+        // No fallocate here: write zeros over what is not yet in the file.
+        let zeros = vec![0u8; 1 << 20];
+        let end = offset.saturating_add(len);
+        let mut pos = offset.max(self.len()?);
+        while pos < end {
+            let n = (end - pos).min(zeros.len() as u64) as usize;
+            self.write_at(&zeros[..n], pos)?;
+            pos += n as u64;
+        }
+        Ok(())
+    }
+
+    fn reserve(&self, offset: u64, len: u64) -> Result<bool> {
+        if len == 0 {
+            return Ok(true);
         }
         let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
             return Err(Error::invalid_argument(format!(
@@ -297,20 +313,11 @@ impl Storage for FileStorage {
         // SAFETY: plain system call on a descriptor we own.
         let r = unsafe { libc::fallocate(self.file.as_raw_fd(), 0, off, l) };
         if r == 0 {
-            return Ok(());
+            return Ok(true);
         }
         let e = io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
-            // No fallocate here: write zeros over what is not yet in the file.
-            let zeros = vec![0u8; 1 << 20];
-            let end = offset.saturating_add(len);
-            let mut pos = offset.max(self.len()?);
-            while pos < end {
-                let n = (end - pos).min(zeros.len() as u64) as usize;
-                self.write_at(&zeros[..n], pos)?;
-                pos += n as u64;
-            }
-            return Ok(());
+            return Ok(false);
         }
         Err(Error::io(
             e,
@@ -390,6 +397,31 @@ mod tests {
         let mut buf = [7u8; 8];
         s.read_at(&mut buf, (4 << 20) - 4).unwrap();
         assert_eq!(buf, [0; 8]);
+    }
+
+    #[test]
+    fn reserve_grows_the_file_without_data_or_does_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let s = FileStorage::create(&p).unwrap();
+        s.write_at(&[5u8; 512], 0).unwrap();
+        let reserved = s.reserve(4096, 1 << 20).unwrap();
+        if reserved {
+            assert_eq!(s.len().unwrap(), 4096 + (1 << 20));
+            assert!(s.allocated_size().unwrap() >= 1 << 20);
+        } else {
+            // A file system without fallocate: nothing written, nothing grown.
+            assert_eq!(s.len().unwrap(), 512);
+        }
+        let mut buf = vec![9u8; (1 << 20) + 4096];
+        s.read_at(&mut buf, 0).unwrap();
+        assert!(buf[..512].iter().all(|&b| b == 5));
+        assert!(buf[512..].iter().all(|&b| b == 0));
+        // Reserving inside the data changes nothing it reads as.
+        assert!(s.reserve(0, 512).unwrap() == reserved);
+        s.read_at(&mut buf[..512], 0).unwrap();
+        assert!(buf[..512].iter().all(|&b| b == 5));
+        assert!(s.reserve(7, 0).unwrap());
     }
 
     #[test]

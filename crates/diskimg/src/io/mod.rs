@@ -71,6 +71,18 @@ pub trait Storage: Send + Sync {
         Ok(())
     }
 
+    /// Reserves space for `[offset, offset + len)` where the storage can do
+    /// so cheaply (fallocate for a file), without changing what the range
+    /// reads as and growing the storage if the range ends past its end;
+    /// returns false, having changed nothing, where it cannot. A hint for a
+    /// caller about to write the whole range: unlike
+    /// [`allocate`](Storage::allocate) it never falls back to writing
+    /// zeros.
+    fn reserve(&self, offset: u64, len: u64) -> Result<bool> {
+        let _ = (offset, len);
+        Ok(false)
+    }
+
     /// Bytes the host really allocates for the storage (`st_blocks * 512`
     /// for a file), as qemu-img's "disk size" / `actual-size`.
     fn allocated_size(&self) -> Result<u64>;
