@@ -88,6 +88,15 @@ impl Default for ConvertOptions {
     }
 }
 
+impl ConvertOptions {
+    /// Whether a range that reads as zeros needs no write: the target
+    /// already reads as zeros there and is not an overlay (whose backing
+    /// file would show through).
+    fn zeros_are_free(&self) -> bool {
+        self.target_is_zero && !self.copy_top_only
+    }
+}
+
 /// Whether `buf` holds only zero bytes.
 pub fn is_zero(buf: &[u8]) -> bool {
     // SAFETY: u128 has no invalid bit patterns; align_to only reinterprets
@@ -460,7 +469,7 @@ fn reading_worker(
                 continue;
             }
             Job::Zero { offset, len } => {
-                if ctx.opts.sparse_size != 0 && ctx.opts.target_is_zero && !ctx.opts.copy_top_only {
+                if ctx.opts.sparse_size != 0 && ctx.opts.zeros_are_free() {
                     ctx.done.fetch_add(len, Ordering::Relaxed);
                     continue;
                 }
@@ -510,30 +519,25 @@ fn write_all(
     let mut zeros = AlignedBuf::new(0, PAGE);
     let mut reported = Instant::now();
     loop {
-        let msg = match writes.recv_timeout(Duration::from_millis(50)) {
-            Ok(m) => m,
-            Err(RecvTimeoutError::Timeout) => {
-                progress(ctx.done.load(Ordering::Relaxed));
-                reported = Instant::now();
-                continue;
-            }
-            // Every worker has ended.
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
-        let failed = ctx.failed.load(Ordering::Relaxed);
-        match msg {
-            Write::Chunk {
-                buf,
-                offset,
-                len,
-                runs,
-                back,
-            } => {
-                if !failed {
-                    let data = &buf[..len as usize];
-                    let r = runs.iter().try_for_each(|&(start, end, zero)| {
-                        write_run(ctx.dst, ctx.opts, offset, data, start, end, zero)
-                    });
+        match writes.recv_timeout(Duration::from_millis(50)) {
+            Ok(msg) => {
+                let (offset, len) = match &msg {
+                    Write::Chunk { offset, len, .. } | Write::Zeros { offset, len } => {
+                        (*offset, *len)
+                    }
+                };
+                if !ctx.failed.load(Ordering::Relaxed) {
+                    let r = match &msg {
+                        Write::Chunk { buf, runs, .. } => {
+                            let data = &buf[..len as usize];
+                            runs.iter().try_for_each(|&(start, end, zero)| {
+                                write_run(ctx.dst, ctx.opts, offset, data, start, end, zero)
+                            })
+                        }
+                        Write::Zeros { .. } => {
+                            write_zeros(ctx.dst, ctx.opts, offset, len, &mut zeros)
+                        }
+                    };
                     match r {
                         Ok(()) => {
                             ctx.done.fetch_add(len, Ordering::Relaxed);
@@ -543,20 +547,13 @@ fn write_all(
                         }
                     }
                 }
-                let _ = back.send(buf);
-            }
-            Write::Zeros { offset, len } => {
-                if !failed {
-                    match write_zeros(ctx.dst, ctx.opts, offset, len, &mut zeros) {
-                        Ok(()) => {
-                            ctx.done.fetch_add(len, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            record(e.context(format!("error while writing at byte {offset}")))
-                        }
-                    }
+                if let Write::Chunk { buf, back, .. } = msg {
+                    let _ = back.send(buf);
                 }
             }
+            Err(RecvTimeoutError::Timeout) => {}
+            // Every worker has ended.
+            Err(RecvTimeoutError::Disconnected) => return,
         }
         if reported.elapsed() >= Duration::from_millis(50) {
             progress(ctx.done.load(Ordering::Relaxed));
@@ -629,7 +626,7 @@ fn write_zeros(
         }
         return Ok(());
     }
-    if opts.target_is_zero && !opts.copy_top_only {
+    if opts.zeros_are_free() {
         return Ok(());
     }
     dst.zero(offset, len)
@@ -653,7 +650,7 @@ fn write_compressed(
     for (i, piece) in data.chunks(unit as usize).enumerate() {
         let at = offset + i as u64 * unit;
         if is_zero(piece) {
-            if !opts.target_is_zero || opts.copy_top_only {
+            if !opts.zeros_are_free() {
                 dst.zero(at, piece.len() as u64)?;
             }
         } else {
@@ -697,7 +694,7 @@ fn write_run(
     zero: bool,
 ) -> Result<()> {
     if zero && opts.sparse_size != 0 {
-        if opts.target_is_zero && !opts.copy_top_only {
+        if opts.zeros_are_free() {
             return Ok(());
         }
         return dst.zero(start, end - start);
