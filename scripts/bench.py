@@ -144,6 +144,42 @@ def build_chain(path, size, seed):
 TIME = shutil.which("time") and os.path.exists("/usr/bin/time") and "/usr/bin/time"
 
 
+# The balloon's free page reporting (a VM returning free guest memory to its
+# host) publishes how much it has reported so far here, on kernels that have it.
+REPORTED_KIB = "/sys/module/page_reporting/parameters/reported_kib"
+
+
+def wait_for_quiet_page_reporting(quiet=2.5, limit=30.0):
+    """Waits (untimed) until the VM's free page reporting has reported nothing
+    for `quiet` seconds (at most `limit` seconds), and returns the seconds
+    waited; 0 where the kernel does not report free pages.
+
+    Why: removing a 1.6 GiB output frees that much memory at once, which
+    starts a reporting pass a moment later. A run started right after the
+    removal reuses the freed pages while they are still backed by the host
+    and is fast, unless the pass of the *previous* removal lands in it: the
+    pass then hands pages to the host under the run, which pays the host's
+    first-touch fault on every page it writes. Without this wait, runs
+    alternated fast and slow by their position in the sequence, whatever
+    the program (1.6 GiB writes, 8 in a row: 0.38-0.72 s and 1.82-2.86 s in
+    turn, the slow ones with 600 MiB reported during the run); with it, 8 of
+    8 took 0.38-0.61 s. Waiting after the removal instead makes every run
+    slow (2.6-3.3 s: the pass gives the freed memory back first)."""
+    try:
+        with open(REPORTED_KIB) as f:
+            last = f.read()
+    except OSError:
+        return 0.0
+    start = since = time.monotonic()
+    while time.monotonic() - since < quiet and time.monotonic() - start < limit:
+        time.sleep(0.1)
+        with open(REPORTED_KIB) as f:
+            now = f.read()
+        if now != last:
+            last, since = now, time.monotonic()
+    return time.monotonic() - start
+
+
 def measure(argv, cwd, stdout_path=None):
     """Runs argv once; returns (rc, wall seconds, peak RSS KiB or None,
     CPU seconds (user + system) or None, stderr)."""
@@ -214,7 +250,7 @@ def masked(path):
 def bench(work, diskimg, qemu_img, rounds):
     w, d, q = work, diskimg, qemu_img
     res = {"diskimg": [], "qemu-img": [], "rss_d": [], "rss_q": [], "cpu_d": [], "cpu_q": [],
-           "status": "ok", "sizes": None}
+           "status": "ok", "sizes": None, "waited": 0.0}
     cwd = args_dir
     # Round 0 is a warm-up (untimed; its outputs are the ones checked): it
     # brings the source into the page cache and leaves each program an
@@ -232,6 +268,11 @@ def bench(work, diskimg, qemu_img, rounds):
             # qcow2 written just before made the next convert 5-10x slower,
             # whichever program ran it).
             os.sync()
+            # Untimed, for runs that write: let a reporting pass started by
+            # an earlier removal finish before this run rather than during
+            # it (see wait_for_quiet_page_reporting).
+            if w.output or w.prepare:
+                res["waited"] += wait_for_quiet_page_reporting()
             # Then remove this program's previous output, right before the
             # run: the run reuses the page-cache memory that frees. Removed
             # earlier (before the sync), those pages sit free long enough
@@ -400,9 +441,11 @@ def main():
 
     rows = []
     runs = []
+    waited = 0.0
     for w in loads:
         log(f"running {w.name} ({args.rounds} rounds)")
         r = bench(w, diskimg, qemu_img, args.rounds)
+        waited += r["waited"]
         md = statistics.median(r["diskimg"]) if r["diskimg"] else None
         mq = statistics.median(r["qemu-img"]) if r["qemu-img"] else None
         ratio = f"{md / mq:.2f}" if md and mq else "-"
@@ -430,6 +473,9 @@ def main():
     print(f"rounds: {args.rounds} timed after 1 warm-up (median wall time; cpu = median user + system "
           f"seconds; peak RSS = max over rounds; "
           f"RSS via {'/usr/bin/time -f %M' if TIME else 'getrusage(RUSAGE_CHILDREN)'})")
+    if os.path.exists(REPORTED_KIB):
+        print(f"free page reporting: before each run that writes, waited (untimed) until it had been "
+              f"quiet for 2.5 s: {waited:.0f} s in all")
     print(line(head))
     print(line(["-" * w for w in widths]))
     for row in rows:
