@@ -35,6 +35,17 @@ use super::direct::Direct;
 use super::{HostExtent, Storage};
 use crate::{Error, Result};
 
+/// The largest buffered write handed to the kernel at once; longer writes
+/// go in pieces. The kernel gives a buffered write page-cache folios as
+/// large as the write and its alignment allow; a 2 MiB-aligned 2 MiB write
+/// takes whole 2 MiB blocks of free memory, which a VM with free page
+/// reporting has handed back to its host, and every page of them is then
+/// faulted in again on first touch. Measured on such a VM (1.6 GiB written
+/// into a fresh file, 10 interleaved runs each): 2 MiB writes 0.36-0.39 s
+/// in 5 runs and 1.8-2.1 s in the other 5; 1 MiB writes 0.37-0.40 s in all
+/// 10. Where memory is not handed back, both cost the same.
+pub const BUFFERED_WRITE_MAX: usize = 1 << 20;
+
 /// How to open a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpenMode {
@@ -209,7 +220,9 @@ impl Storage for FileStorage {
             let rest = &buf[done..];
             let r = match self.direct_for(pos, rest.len()) {
                 Some(d) => d.write(rest, pos),
-                None => self.file.write_at(rest, pos),
+                None => self
+                    .file
+                    .write_at(&rest[..rest.len().min(BUFFERED_WRITE_MAX)], pos),
             };
             match r {
                 Ok(0) => {
@@ -397,6 +410,23 @@ mod tests {
         let mut buf = [7u8; 8];
         s.read_at(&mut buf, (4 << 20) - 4).unwrap();
         assert_eq!(buf, [0; 8]);
+    }
+
+    #[test]
+    fn long_buffered_writes_land_whole_in_pieces() {
+        // Longer than BUFFERED_WRITE_MAX, at an odd offset: every piece
+        // lands where it belongs, none is lost or written twice.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let s = FileStorage::create(&p).unwrap();
+        let len = 3 * BUFFERED_WRITE_MAX + 1234;
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        s.write_at(&data, 777).unwrap();
+        assert_eq!(s.len().unwrap(), 777 + len as u64);
+        let mut back = vec![0u8; len + 777];
+        s.read_at(&mut back, 0).unwrap();
+        assert!(back[..777].iter().all(|&b| b == 0));
+        assert!(back[777..] == data[..], "the bytes differ");
     }
 
     #[test]

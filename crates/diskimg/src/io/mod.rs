@@ -16,7 +16,7 @@ mod memory;
 
 pub use aligned::AlignedBuf;
 pub use direct::BOUNCE_MAX;
-pub use file::{FileStorage, OpenMode};
+pub use file::{FileStorage, OpenMode, BUFFERED_WRITE_MAX};
 pub use memory::MemoryStorage;
 
 use crate::Result;

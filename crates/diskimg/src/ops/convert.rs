@@ -33,21 +33,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::status::status_above;
-use crate::io::{AlignedBuf, Storage};
+use crate::io::{AlignedBuf, Storage, BUFFERED_WRITE_MAX};
 use crate::{BlockDevice, Error, Result};
 
 /// Bytes read per request by one worker.
 pub const CHUNK: u64 = 2 << 20;
-/// The largest write to the target. The kernel gives a buffered write
-/// page-cache folios as large as the write and its alignment allow; a
-/// 2 MiB-aligned 2 MiB write takes whole 2 MiB blocks of free memory, which
-/// a VM with free page reporting has handed back to its host, and every
-/// page of them is then faulted in again on first touch. Measured on such
-/// a VM (1.6 GiB written into a fresh file, 10 interleaved runs each): 2 MiB
-/// writes 0.36-0.39 s in 5 runs and 1.8-2.1 s in the other 5; 1 MiB writes
-/// 0.37-0.40 s in all 10. Where memory is not handed back, both cost the
-/// same.
-const WRITE_PIECE: usize = 1 << 20;
+/// The largest write to the target, as a file storage splits buffered
+/// writes (see [`BUFFERED_WRITE_MAX`]); the sink splits them itself so that
+/// any target, and the reservation before each write, sees pieces this
+/// size.
+const WRITE_PIECE: usize = BUFFERED_WRITE_MAX;
 /// Largest range of zeros handled as one request.
 const ZERO_CHUNK: u64 = 1 << 30;
 /// The most worker threads (qemu-img's limit on `-m`).
